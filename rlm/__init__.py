@@ -1,0 +1,64 @@
+"""Recursive Language Models: a root LLM works in a sandboxed Python REPL that holds the data,
+fans sub-LLM calls out with `llm_batch`, and finishes by setting `answer["ready"]`.
+
+    import rlm
+    result = rlm.run("How many lines mention a timeout?", data=text, model="qwen3-8b",
+                     base_url="http://127.0.0.1:8000/v1")
+    print(result.answer, result.status, result.usage)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from .config import RLMConfig
+from .controller import Controller
+from .errors import ConfigError, ContextLengthExceeded, ModelError, RLMError
+from .trajectory import Result, Status, SubCall, Timings, TokenUsage, Turn, Usage
+
+__version__ = "0.1.0"
+
+
+class RLM:
+    """A reusable configuration: `RLM(RLMConfig(model=...)).run(prompt, data)`."""
+
+    def __init__(self, config: RLMConfig | None = None, **settings: Any) -> None:
+        self.config = config.model_copy(update=settings) if config else RLMConfig(**settings)
+
+    async def arun(self, prompt: str, data: Any = None) -> Result:
+        """Run one RLM rollout over `data` and return its typed result."""
+        return await Controller(self.config).run(prompt, data)
+
+    def run(self, prompt: str, data: Any = None) -> Result:
+        """`arun` for synchronous code (starts its own event loop)."""
+        return asyncio.run(self.arun(prompt, data))
+
+
+def _config(model: str | None, base_url: str | None, api_key: str | None, sub_model: str | None,
+            sandbox: str, limits: dict[str, Any]) -> RLMConfig:
+    given = {"model": model, "base_url": base_url, "api_key": api_key, "sub_model": sub_model}
+    return RLMConfig(sandbox=sandbox, **{k: v for k, v in given.items() if v is not None}, **limits)
+
+
+async def arun(
+    prompt: str, data: Any = None, *, model: str | None = None, base_url: str | None = None,
+    api_key: str | None = None, sub_model: str | None = None, sandbox: str = "local", **limits: Any,
+) -> Result:
+    """Run an RLM over `data`; `limits` are any other `RLMConfig` fields (max_turns, timeout...)."""
+    return await RLM(_config(model, base_url, api_key, sub_model, sandbox, limits)).arun(prompt, data)
+
+
+def run(
+    prompt: str, data: Any = None, *, model: str | None = None, base_url: str | None = None,
+    api_key: str | None = None, sub_model: str | None = None, sandbox: str = "local", **limits: Any,
+) -> Result:
+    """Synchronous `arun`."""
+    return asyncio.run(arun(prompt, data, model=model, base_url=base_url, api_key=api_key,
+                            sub_model=sub_model, sandbox=sandbox, **limits))
+
+
+__all__ = [
+    "RLM", "ConfigError", "ContextLengthExceeded", "ModelError", "RLMConfig", "RLMError", "Result",
+    "Status", "SubCall", "Timings", "TokenUsage", "Turn", "Usage", "arun", "run",
+]

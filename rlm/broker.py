@@ -1,0 +1,158 @@
+"""Serves `llm_batch` for one run: validates the request, enforces budgets and depth, fans
+the prompts out concurrently and records every sub-call.
+
+The broker only sees JSON requests coming out of the sandbox, so it treats them as hostile:
+anything malformed or over budget gets an error reply, never an exception in the controller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, get_type_hints
+
+from .config import RLMConfig
+from .errors import RLMError
+from .models import ModelClient
+from .trajectory import Result, SubCall, TokenUsage, Usage
+
+#: Runs `prompt` as a nested RLM one level down; supplied by the controller for depth > 1.
+SpawnChild = Callable[[str], Awaitable[Result]]
+
+MAX_PROMPTS_PER_BATCH = 10_000
+_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
+
+
+def tool_schema(fn: Callable[..., Any]) -> dict[str, Any]:
+    """An OpenAI function-tool schema from a Python callable's signature and docstring."""
+    hints = get_type_hints(fn)
+    properties, required = {}, []
+    for name, param in inspect.signature(fn).parameters.items():
+        properties[name] = {"type": _JSON_TYPES.get(hints.get(name, str), "string")}
+        if param.default is inspect.Parameter.empty:
+            required.append(name)
+    return {
+        "type": "function",
+        "function": {
+            "name": fn.__name__,
+            "description": inspect.getdoc(fn) or fn.__name__,
+            "parameters": {"type": "object", "properties": properties, "required": required},
+        },
+    }
+
+
+class Broker:
+    """The controller's side of the sandbox's RPC channel."""
+
+    def __init__(
+        self,
+        config: RLMConfig,
+        client: ModelClient,
+        usage: Usage,
+        sub_calls: list[SubCall],
+        *,
+        depth: int = 0,
+        spawn_child: SpawnChild | None = None,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.usage = usage
+        self.sub_calls = sub_calls
+        self.depth = depth
+        self.spawn_child = spawn_child
+        self.turn = 0
+        self.calls_used = 0
+        self.refused = False
+        self._limit = asyncio.Semaphore(config.max_sub_concurrency)
+        self._tools = {fn.__name__: fn for fn in config.sub_tools}
+        self._schemas = [tool_schema(fn) for fn in config.sub_tools]
+
+    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Answer one RPC request from the kernel with `{"ok": ..., "result" | "error": ...}`."""
+        method = request.get("method")
+        if method != "llm_batch":
+            return _error(f"unknown request {method!r}")
+        prompts = request.get("prompts")
+        if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+            return _error("llm_batch needs a list of strings")
+        if len(prompts) > MAX_PROMPTS_PER_BATCH:
+            return _error(f"llm_batch takes at most {MAX_PROMPTS_PER_BATCH} prompts per call")
+        if self.config.max_depth == 0:
+            return _error("llm_batch is disabled in this run (max_depth=0): solve it with code alone")
+        budget = self.config.max_sub_calls
+        if budget is not None and self.calls_used + len(prompts) > budget:
+            self.refused = True
+            return _error(
+                f"sub-call budget exhausted: {self.calls_used} of {budget} used, "
+                f"{len(prompts)} more asked; no further llm_batch calls will run"
+            )
+        self.calls_used += len(prompts)
+        results = await asyncio.gather(*(self._one(prompt) for prompt in prompts))
+        return {"ok": True, "result": results}
+
+    async def _one(self, prompt: str) -> str:
+        record = SubCall(turn=self.turn, depth=self.depth + 1, prompt=prompt)
+        self.sub_calls.append(record)
+        started = time.monotonic()
+        async with self._limit:
+            try:
+                if self.config.max_depth > 1 and self.spawn_child is not None:
+                    await self._nested(prompt, record)
+                else:
+                    await asyncio.wait_for(self._complete(prompt, record), self.config.request_timeout)
+            except (RLMError, TimeoutError) as exc:
+                record.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        record.latency = time.monotonic() - started
+        return f"[error] {record.error}" if record.error else record.completion
+
+    async def _nested(self, prompt: str, record: SubCall) -> None:
+        assert self.spawn_child is not None
+        child = await self.spawn_child(prompt)
+        record.child = child
+        record.completion = child.answer
+        record.usage = TokenUsage(
+            prompt_tokens=child.usage.root.prompt_tokens + child.usage.sub.prompt_tokens,
+            completion_tokens=child.usage.root.completion_tokens + child.usage.sub.completion_tokens,
+            calls=child.usage.root.calls + child.usage.sub.calls,
+        )
+        self.usage.merge_child(child.usage, self.depth + 1)
+        if child.status != "ready":
+            record.error = f"nested run ended with status {child.status}: {child.error or ''}".rstrip(": ")
+
+    async def _complete(self, prompt: str, record: SubCall) -> None:
+        """A plain sub-LLM call, looping through sub-tools for up to `sub_max_turns` replies."""
+        messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
+        for _ in range(self.config.sub_max_turns):
+            completion = await self.client.complete(messages, tools=self._schemas or None)
+            record.usage.add(completion.usage)
+            self.usage.record("sub", self.depth + 1, self.client.model, completion.usage)
+            record.completion = completion.content
+            if not completion.tool_calls:
+                return
+            messages.append(completion.as_message())
+            for call in completion.tool_calls:
+                record.tool_calls += 1
+                output = await self._run_tool(call["function"]["name"], call["function"]["arguments"])
+                messages.append({"role": "tool", "tool_call_id": call["id"], "content": output})
+        record.error = f"sub-LLM still calling tools after {self.config.sub_max_turns} turns"
+
+    async def _run_tool(self, name: str, arguments: str) -> str:
+        fn = self._tools.get(name)
+        if fn is None:
+            return f"error: no tool named {name!r}"
+        try:
+            kwargs = json.loads(arguments or "{}")
+            if inspect.iscoroutinefunction(fn):
+                value = await fn(**kwargs)
+            else:  # a blocking tool must not stall the event loop serving the other sub-calls
+                value = await asyncio.to_thread(fn, **kwargs)
+        except Exception as exc:  # a tool's failure is the sub-LLM's to read, not ours to raise
+            return f"error: {type(exc).__name__}: {exc}"
+        return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _error(message: str) -> dict[str, Any]:
+    return {"ok": False, "error": message}

@@ -1,0 +1,74 @@
+"""`RLMConfig`: which models, which sandbox, and every limit of a run.
+
+Model, base URL and key fall back to `RLM_MODEL`, `RLM_BASE_URL` and `OPENAI_API_KEY`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .errors import ConfigError
+
+
+class RLMConfig(BaseModel):
+    """Settings of one RLM. Every limit is optional to override; the defaults suit a chat model."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    model: str = Field(default_factory=lambda: os.environ.get("RLM_MODEL", ""))
+    base_url: str | None = Field(default_factory=lambda: os.environ.get("RLM_BASE_URL"))
+    api_key: str | None = Field(default=None, repr=False, exclude=True)
+    sub_model: str | None = None
+    sub_base_url: str | None = None
+    sub_api_key: str | None = Field(default=None, repr=False, exclude=True)
+
+    sandbox: str = "local"
+    sandbox_options: dict[str, Any] = Field(default_factory=dict)
+    code_format: Literal["fenced", "tool"] = "fenced"
+    tips: str | None = None
+
+    max_turns: int = Field(default=20, ge=1)
+    max_root_tokens: int | None = Field(default=None, ge=1)
+    max_sub_calls: int | None = Field(default=1000, ge=0)
+    max_sub_concurrency: int = Field(default=16, ge=1)
+    max_depth: int = Field(default=1, ge=0)
+    timeout: float | None = Field(default=1800.0, gt=0, description="Whole run, seconds.")
+    exec_timeout: float = Field(default=300.0, gt=0, description="One REPL execution, seconds.")
+    request_timeout: float = Field(default=600.0, gt=0, description="One model request, seconds.")
+    max_retries: int = Field(default=3, ge=0)
+    max_output_chars: int = Field(default=8000, ge=100)
+    preview_chars: int = Field(default=500, ge=0)
+
+    sub_tools: list[Callable[..., Any]] = Field(default_factory=list)
+    sub_max_turns: int = Field(default=8, ge=1)
+
+    temperature: float | None = None
+    max_tokens: int | None = Field(default=None, description="Per root completion.")
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _resolve(self) -> RLMConfig:
+        if not self.model:
+            raise ConfigError("no model given: pass model=... or set RLM_MODEL")
+        if self.api_key is None:
+            self.api_key = os.environ.get("OPENAI_API_KEY")
+        return self
+
+    @property
+    def resolved_sub_model(self) -> str:
+        return self.sub_model or self.model
+
+    def child(self) -> RLMConfig:
+        """The configuration of a nested run spawned by llm_batch at depth > 1."""
+        return self.model_copy(
+            update={
+                "model": self.resolved_sub_model,
+                "base_url": self.sub_base_url or self.base_url,
+                "api_key": self.sub_api_key or self.api_key,
+                "max_depth": self.max_depth - 1,
+            }
+        )

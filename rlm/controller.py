@@ -1,0 +1,306 @@
+"""The turn loop: ask the root model, run its code in the sandbox, feed the output back,
+until `answer["ready"]` or a budget ends the run. Knows no sandbox backend and no model server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from sandbox import Sandbox, SandboxCrashed, SandboxError, create_sandbox
+from sandbox import runtime as sandbox_runtime
+
+from . import prompts
+from .broker import Broker
+from .config import RLMConfig
+from .errors import ConfigError, ModelError
+from .models import ModelClient
+from .trajectory import Result, Turn
+
+log = logging.getLogger("rlm")
+
+_RUNTIME_SOURCE = Path(sandbox_runtime.__file__).read_text()
+_STATE = {"state": "_rlm_state()"}
+_WRITE_CHUNK = 1 << 24
+
+
+class DataFile:
+    """Where the run's data lives for the kernel: a file in the work dir or a read-only mount."""
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+        self.mounts: list[Path] = []
+        if data is None:
+            self.kind, self.size = "none", 0
+        elif isinstance(data, os.PathLike):
+            path = Path(data).resolve()
+            if not path.exists():
+                raise ConfigError(f"data path {path} does not exist")
+            self.mounts.append(path)
+            self.kind = "path" if path.is_dir() else "text"
+            self.size = 0 if path.is_dir() else path.stat().st_size
+        elif isinstance(data, str):
+            self.kind, self.size = "text", len(data)
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            self.kind, self.size = "bytes", len(data)
+        else:
+            try:
+                self._json = json.dumps(data)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"data must be str, bytes, a path or JSON-serializable: {exc}") from exc
+            self.kind, self.size = "json", len(self._json)
+
+    def write(self, sandbox: Sandbox) -> str:
+        """Put the data where the kernel can read it; returns the code that loads it as `context`."""
+        if self.kind == "none":
+            return "context = None"
+        if self.mounts:
+            where = sandbox.path_in_sandbox(self.mounts[0])
+            return f"context = _rlm_load({where!r}, {self.kind!r})"
+        target = sandbox.workdir / {"text": "context.txt", "bytes": "context.bin", "json": "context.json"}[self.kind]
+        if self.kind == "text":
+            with open(target, "w", encoding="utf-8") as f:
+                for start in range(0, len(self.data), _WRITE_CHUNK):  # bounded extra memory for huge text
+                    f.write(self.data[start : start + _WRITE_CHUNK])
+        elif self.kind == "bytes":
+            target.write_bytes(self.data)
+        else:
+            target.write_text(self._json, encoding="utf-8")
+        target.chmod(0o644)
+        return f"context = _rlm_load({sandbox.path_in_sandbox(target)!r}, {self.kind!r})"
+
+    def preview_source(self) -> Any:
+        """What the system prompt previews: the data, or the head of a mounted file."""
+        if self.mounts and self.kind == "text":
+            with open(self.mounts[0], encoding="utf-8", errors="replace") as f:
+                return f.read(4096)
+        if self.kind == "path":
+            return self.mounts[0]
+        return self.data
+
+
+class Controller:
+    """One RLM run at one depth."""
+
+    def __init__(self, config: RLMConfig, *, depth: int = 0) -> None:
+        self.config = config
+        self.depth = depth
+
+    async def run(self, prompt: str, data: Any = None) -> Result:
+        config = self.config
+        result = Result(model=config.model, sub_model=config.resolved_sub_model)
+        started = time.monotonic()
+        data_file = DataFile(data)
+        root = _client(config.model, config.base_url, config.api_key, config)
+        sub = _client(config.resolved_sub_model, config.sub_base_url or config.base_url,
+                      config.sub_api_key or config.api_key, config)
+        broker = Broker(config, sub, result.usage, result.sub_calls, depth=self.depth,
+                        spawn_child=self._spawn_child)
+        try:
+            async with asyncio.timeout(config.timeout):
+                options = dict(config.sandbox_options)
+                options["mounts"] = [*options.get("mounts", ()), *data_file.mounts]
+                async with create_sandbox(config.sandbox, **options) as sandbox:
+                    result.timings.sandbox_start = time.monotonic() - started
+                    packages = await self._prepare(sandbox, data_file, restore=None)
+                    context = prompts.describe_context(
+                        data_file.preview_source(), data_file.kind, data_file.size, config.preview_chars
+                    ) if data_file.kind != "none" else prompts.describe_context(None, "", 0, 0)
+                    system = prompts.system_prompt(config, context, packages)
+                    result.messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+                    await self._loop(sandbox, data_file, root, broker, result)
+        except TimeoutError:
+            result.status, result.error = "timeout", f"the run exceeded its {config.timeout:g}s timeout"
+        except (ModelError, SandboxError) as exc:
+            result.status, result.error = "error", f"{type(exc).__name__}: {exc}"
+        finally:
+            await root.close()
+            if sub is not root:
+                await sub.close()
+            result.timings.total = time.monotonic() - started
+        log.info("done: %s", result.summary())
+        return result
+
+    async def _spawn_child(self, prompt: str) -> Result:
+        return await Controller(self.config.child(), depth=self.depth + 1).run(prompt)
+
+    async def _prepare(self, sandbox: Sandbox, data_file: DataFile, restore: str | None) -> list[str]:
+        """Load the runtime and the data into a fresh kernel; returns the installed packages."""
+        code = _RUNTIME_SOURCE + "\n" + data_file.write(sandbox)
+        if restore:
+            code += f"\nanswer['content'] = {restore!r}"
+        outcome = await sandbox.execute(code, user_expressions={"packages": "_rlm_packages()"})
+        if not outcome.ok:
+            raise SandboxError(f"loading the data into the sandbox failed:\n{outcome.error or outcome.stderr}")
+        return list(outcome.expressions.get("packages") or [])
+
+    async def _loop(
+        self, sandbox: Sandbox, data_file: DataFile, root: ModelClient, broker: Broker, result: Result
+    ) -> None:
+        config = self.config
+        messages = result.messages
+        tools = [prompts.PYTHON_TOOL] if config.code_format == "tool" else None
+        content, budget_warned = "", False
+        for index in range(1, config.max_turns + 1):
+            turn_started = time.monotonic()
+            completion = await root.complete(messages, tools=tools)
+            result.usage.record("root", self.depth, root.model, completion.usage)
+            result.timings.model += completion.latency
+            messages.append(completion.as_message())
+            turn = Turn(index=index, assistant=completion.content, usage=completion.usage,
+                        model_seconds=completion.latency)
+            result.turns.append(turn)
+            broker.turn = index
+            exec_started = time.monotonic()
+            state = await self._execute_reply(sandbox, data_file, broker, completion, turn, content, messages)
+            turn.exec_seconds = time.monotonic() - exec_started
+            result.timings.execution += turn.exec_seconds
+            if state is not None:
+                content = state["content"]
+            turn.answer = content
+            result.answer = content
+            turn.duration = time.monotonic() - turn_started
+            _log_turn(turn)
+            if state is not None and state["ready"]:
+                result.status = "ready"
+                return
+            if config.max_root_tokens is not None and result.usage.root.total_tokens >= config.max_root_tokens:
+                result.status, result.error = "budget", f"root-model token budget ({config.max_root_tokens}) spent"
+                return
+            if broker.refused:
+                if budget_warned:
+                    result.status, result.error = "budget", "sub-call budget spent"
+                    return
+                budget_warned = True
+                messages.append({"role": "user", "content": prompts.BUDGET_NOTE})
+            note = prompts.turns_left_note(index, config.max_turns)
+            if note:
+                _append_note(messages, note)
+        result.status = "max_turns"
+
+    async def _execute_reply(
+        self, sandbox: Sandbox, data_file: DataFile, broker: Broker, completion: Any, turn: Turn,
+        content: str, messages: list[dict[str, Any]],
+    ) -> dict[str, Any] | None:
+        """Run the code of one reply, append the feedback messages; returns the answer state."""
+        config = self.config
+        if config.code_format == "tool":
+            blocks = [(call["id"], prompts.tool_call_code(call)) for call in completion.tool_calls]
+        else:
+            blocks = [(None, code) for code in prompts.extract_code(completion.content)]
+        if not blocks:
+            messages.append({"role": "user", "content": prompts.nudge(config)})
+            turn.error = "no code"
+            return None
+        feedback: list[str] = []
+        state: dict[str, Any] | None = None
+        for call_id, code in blocks:
+            if code is None:
+                text = prompts.BAD_TOOL_CALL
+            else:
+                turn.code.append(code)
+                text, state, lost = await self._run_block(sandbox, broker, code, turn)
+                if lost:
+                    await self._prepare(sandbox, data_file, restore=content)
+            if call_id is not None:
+                messages.append({"role": "tool", "tool_call_id": call_id, "content": text})
+            feedback.append(text)
+            if turn.error or (state and state["ready"]):
+                break
+        turn.output = "\n".join(feedback)
+        skipped = blocks[len(feedback):]
+        if config.code_format == "tool":
+            for call_id, _ in skipped:  # the API wants an answer to every tool call
+                messages.append({"role": "tool", "tool_call_id": call_id, "content": prompts.NOT_RUN})
+        else:
+            if skipped:
+                feedback.append(f"[{len(skipped)} later code block(s) not run: {prompts.NOT_RUN}]")
+            messages.append({"role": "user", "content": "\n".join(feedback)})
+        if state is None:
+            state = await self._read_state(sandbox)
+        if state is not None and "invalid" in state:
+            _append_note(messages, prompts.ANSWER_NOT_DICT.format(kind=state["invalid"]))
+            await sandbox.execute(f"answer = {{'content': {content!r}, 'ready': False}}")
+            return None
+        return state
+
+    async def _run_block(
+        self, sandbox: Sandbox, broker: Broker, code: str, turn: Turn
+    ) -> tuple[str, dict[str, Any] | None, bool]:
+        """Execute one code block; returns the feedback text, the answer state, and whether
+        the kernel's state was lost (crash or forced restart)."""
+        config = self.config
+        crashed = False
+        try:
+            outcome = await sandbox.execute(
+                code, timeout=config.exec_timeout, on_request=broker.handle,
+                user_expressions=_STATE, max_output_chars=config.max_output_chars,
+            )
+        except SandboxCrashed as exc:
+            await sandbox.restart()
+            crashed, outcome = True, None
+            turn.error, turn.restarted = f"SandboxCrashed: {exc}", True
+        if outcome is not None:
+            turn.timed_out |= outcome.timed_out
+            turn.restarted |= outcome.restarted
+            if outcome.timed_out:
+                turn.error = "timeout"
+            elif outcome.error:
+                turn.error = outcome.error_name or "error"
+        text, cut = prompts.format_execution(
+            stdout=outcome.stdout if outcome else "", stderr=outcome.stderr if outcome else "",
+            error=outcome.error if outcome else None, timed_out=bool(outcome and outcome.timed_out),
+            restarted=bool(outcome and outcome.restarted), crashed=crashed,
+            chars_cut=outcome.chars_cut if outcome else 0,
+            exec_timeout=config.exec_timeout, max_output_chars=config.max_output_chars,
+        )
+        turn.chars_cut += cut
+        state = _parse_state(outcome.expressions.get("state")) if outcome else None
+        return text, state, crashed or bool(outcome and outcome.restarted)
+
+    async def _read_state(self, sandbox: Sandbox) -> dict[str, Any] | None:
+        outcome = await sandbox.execute("", user_expressions=_STATE, timeout=self.config.exec_timeout)
+        return _parse_state(outcome.expressions.get("state"))
+
+
+def _client(model: str, base_url: str | None, api_key: str | None, config: RLMConfig) -> ModelClient:
+    return ModelClient(
+        model, base_url=base_url, api_key=api_key, timeout=config.request_timeout,
+        max_retries=config.max_retries,
+        defaults={"temperature": config.temperature, "max_tokens": config.max_tokens,
+                  "extra_body": config.extra_body},
+    )
+
+
+def _parse_state(raw: Any) -> dict[str, Any] | None:
+    if not isinstance(raw, str):
+        return None
+    try:
+        state = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _append_note(messages: list[dict[str, Any]], note: str) -> None:
+    """Add a note to the last feedback message (tool results get their own user message)."""
+    if messages[-1]["role"] == "user":
+        messages[-1]["content"] += "\n" + note
+    else:
+        messages.append({"role": "user", "content": note})
+
+
+def _log_turn(turn: Turn) -> None:
+    log.info(
+        "turn %d: %d block(s), %.1fs model, %.1fs exec%s; answer %d chars",
+        turn.index, len(turn.code), turn.model_seconds, turn.exec_seconds,
+        f", error: {turn.error}" if turn.error else "", len(turn.answer),
+    )
+    for code in turn.code:
+        log.debug("code:\n%s", code)
+    if turn.output:
+        log.debug("output:\n%s", turn.output[:2000])

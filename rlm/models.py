@@ -1,0 +1,101 @@
+"""OpenAI-compatible chat client: one request, its usage, typed errors.
+
+Retries on 408/409/429, 5xx and connection errors (exponential backoff with jitter) are the
+openai SDK's own; we set their number and the timeout, and turn what is left into `ModelError`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+from openai import AsyncOpenAI
+
+from .errors import ContextLengthExceeded, ModelError
+from .trajectory import TokenUsage
+
+_CONTEXT_HINTS = ("context length", "context_length", "maximum context", "too many tokens", "exceeds the")
+
+
+@dataclass
+class Completion:
+    """One assistant message as the server returned it."""
+
+    content: str
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    usage: TokenUsage = field(default_factory=TokenUsage)
+    latency: float = 0.0
+    finish_reason: str | None = None
+
+    def as_message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+        return message
+
+
+class ModelClient:
+    """Talks to one model on one OpenAI-compatible server."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 600.0,
+        max_retries: int = 3,
+        defaults: dict[str, Any] | None = None,
+    ) -> None:
+        self.model = model
+        self.defaults = {k: v for k, v in (defaults or {}).items() if v is not None}
+        # Local servers (vLLM, llama.cpp) ignore the key, but the SDK insists on one.
+        self._client = AsyncOpenAI(
+            base_url=base_url, api_key=api_key or "EMPTY", timeout=timeout, max_retries=max_retries
+        )
+
+    async def complete(
+        self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None
+    ) -> Completion:
+        """One chat completion. Raises `ContextLengthExceeded` or `ModelError`."""
+        params = dict(self.defaults)
+        extra_body = params.pop("extra_body", None) or None
+        if tools:
+            params["tools"] = tools
+        started = time.monotonic()
+        try:
+            response = await self._client.chat.completions.create(
+                model=self.model, messages=messages, extra_body=extra_body, **params
+            )
+        except openai.BadRequestError as exc:
+            text = str(exc).lower()
+            if any(hint in text for hint in _CONTEXT_HINTS):
+                raise ContextLengthExceeded(f"{self.model}: prompt exceeds the context window: {exc}") from exc
+            raise ModelError(f"{self.model}: request rejected: {exc}") from exc
+        except openai.OpenAIError as exc:
+            raise ModelError(f"{self.model}: {type(exc).__name__}: {exc}") from exc
+        latency = time.monotonic() - started
+        if not response.choices:
+            raise ModelError(f"{self.model}: the server returned no choices")
+        choice = response.choices[0]
+        usage = TokenUsage(calls=1)
+        if response.usage is not None:
+            usage.prompt_tokens = response.usage.prompt_tokens or 0
+            usage.completion_tokens = response.usage.completion_tokens or 0
+        tool_calls = [
+            {"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": c.function.arguments}}
+            for c in choice.message.tool_calls or []
+            if getattr(c, "function", None) is not None
+        ]
+        return Completion(
+            content=choice.message.content or "",
+            tool_calls=tool_calls,
+            usage=usage,
+            latency=latency,
+            finish_reason=choice.finish_reason,
+        )
+
+    async def close(self) -> None:
+        await self._client.close()

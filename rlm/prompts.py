@@ -1,0 +1,201 @@
+"""Every text the root model reads: the system prompt, REPL feedback, nudges; and the code
+extraction that reads its replies (fenced blocks or `python` tool calls)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from .config import RLMConfig
+
+#: The function tool offered in `code_format="tool"`, as verifiers' RLMEnv offers it.
+PYTHON_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "python",
+        "description": "Run Python code in the persistent REPL and return its output.",
+        "parameters": {
+            "type": "object",
+            "properties": {"code": {"type": "string", "description": "Python source to execute."}},
+            "required": ["code"],
+        },
+    },
+}
+
+_FENCE = re.compile(r"```(?:python|py)[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+
+_PROTOCOL = {
+    "fenced": (
+        "To run code, put it in one or more ```python fenced blocks in your reply. Every block "
+        "of a reply runs, in order, and you then see the combined output."
+    ),
+    "tool": (
+        "To run code, call the `python` tool with the code as its `code` argument. Each call "
+        "returns that execution's output."
+    ),
+}
+
+SYSTEM_TEMPLATE = """\
+You are answering a question with the help of a persistent Python REPL (a Jupyter kernel). \
+The input data is NOT in this conversation: it is loaded in the REPL as the variable `context`. \
+Explore it with code, delegate reading to sub-LLMs, and build your answer in the REPL.
+
+## The REPL
+{protocol} Variables, imports and functions persist across turns. Output is truncated to \
+{max_output_chars} characters, so print summaries and slices rather than whole data. Each \
+execution may run for at most {exec_timeout:g} seconds. The sandbox has no network.
+
+## `context`
+{context_description}
+
+## Sub-LLMs: `llm_batch(prompts: list[str]) -> list[str]`
+{llm_batch_text}
+
+## The answer
+The REPL holds `answer = {{"content": "", "ready": False}}`. `answer["content"]` is your \
+scratchpad: write, rewrite or delete it over as many turns as you like. When it holds your \
+final answer, set `answer["ready"] = True`: that ends the run and `answer["content"]` is \
+returned, exactly as it is. Put only the answer itself in it.
+
+## Limits
+{limits}
+
+## Installed packages
+{packages}
+{tips}"""
+
+_LLM_BATCH = {
+    0: "Disabled in this run: solve the task with code alone.",
+    1: (
+        "Sends every prompt to a sub-LLM in parallel and returns the completions in the same "
+        "order. Sub-LLMs see only the prompt you write, so put the relevant slice of `context` "
+        "and a precise instruction in each one. A prompt that fails comes back as a string "
+        "starting with \"[error]\". Batch many prompts in one call rather than calling in a loop."
+    ),
+}
+_NESTED = (
+    " Each prompt is handled by a sub-RLM with a REPL of its own (recursion depth left: {depth}); "
+    "pass the data it needs inside the prompt."
+)
+
+
+def describe_context(data: Any, kind: str, size: int, preview_chars: int) -> str:
+    """Type, size and a short preview of the data: never the data itself."""
+    if data is None:
+        return "No input data was given: `context` is None."
+    what = {
+        "text": f"a `str` of {size:,} characters",
+        "bytes": f"a `bytes` object of {size:,} bytes",
+        "json": f"a `{type(data).__name__}` loaded from {size:,} bytes of JSON",
+        "path": "a `pathlib.Path` to a read-only directory",
+    }[kind]
+    text = f"`context` is {what}."
+    if kind == "json" and isinstance(data, (list, dict)):
+        text += f" It has {len(data):,} top-level {'items' if isinstance(data, list) else 'keys'}."
+    if preview_chars and kind != "path":
+        sample = data[:preview_chars] if kind in ("text", "bytes") else json.dumps(data)[:preview_chars]
+        text += f" Its first {min(preview_chars, size):,} characters:\n```\n{sample!s}\n```"
+    return text
+
+
+def system_prompt(config: RLMConfig, context_description: str, packages: list[str]) -> str:
+    llm_batch_text = _LLM_BATCH[min(config.max_depth, 1)]
+    if config.max_depth > 1:
+        llm_batch_text += _NESTED.format(depth=config.max_depth - 1)
+    limits = [f"- {config.max_turns} turns in all; each of your replies is one turn."]
+    if config.max_sub_calls is not None and config.max_depth:
+        limits.append(f"- {config.max_sub_calls} sub-LLM prompts in all.")
+    if config.max_root_tokens is not None:
+        limits.append(f"- {config.max_root_tokens:,} tokens for this conversation.")
+    if config.timeout is not None:
+        limits.append(f"- {config.timeout:g} seconds of wall time for the whole run.")
+    tips = f"\n## Tips\n{config.tips.strip()}\n" if config.tips else ""
+    return SYSTEM_TEMPLATE.format(
+        protocol=_PROTOCOL[config.code_format],
+        max_output_chars=config.max_output_chars,
+        exec_timeout=config.exec_timeout,
+        context_description=context_description,
+        llm_batch_text=llm_batch_text,
+        limits="\n".join(limits),
+        packages=", ".join(packages) if packages else "(the standard library only)",
+        tips=tips,
+    )
+
+
+def extract_code(content: str) -> list[str]:
+    """The ```python blocks of a reply, in order."""
+    return [block.strip("\n") for block in _FENCE.findall(content) if block.strip()]
+
+
+def tool_call_code(call: dict[str, Any]) -> str | None:
+    """The code of a `python` tool call, or None when the call is not one we can run."""
+    if call["function"]["name"] != "python":
+        return None
+    try:
+        arguments = json.loads(call["function"]["arguments"] or "{}")
+    except json.JSONDecodeError:
+        return None
+    code = arguments.get("code") if isinstance(arguments, dict) else None
+    return code if isinstance(code, str) else None
+
+
+def turns_left_note(turn: int, max_turns: int) -> str:
+    left = max_turns - turn
+    if left <= 0:
+        return ""
+    if left == 1:
+        return "[1 turn left: set answer[\"ready\"] = True in your next reply.]"
+    return f"[{left} turns left]"
+
+
+NO_CODE_NUDGE = (
+    "Your reply ran no code. Work in the REPL: {how}. When `answer[\"content\"]` holds the final "
+    "answer, set `answer[\"ready\"] = True`."
+)
+NOT_RUN = "not run, because an earlier block failed or finished the answer"
+BAD_TOOL_CALL = "error: call the `python` tool with a JSON object {\"code\": \"...\"}."
+BUDGET_NOTE = "[The sub-LLM budget is spent: finish now with what you have and set answer[\"ready\"] = True.]"
+ANSWER_NOT_DICT = (
+    "[`answer` is no longer a dict (it is a {kind}); it was reset to "
+    "{{\"content\": <your last content>, \"ready\": False}}.]"
+)
+
+
+def nudge(config: RLMConfig) -> str:
+    how = "put code in a ```python block" if config.code_format == "fenced" else "call the `python` tool"
+    return NO_CODE_NUDGE.format(how=how)
+
+
+def format_execution(
+    *, stdout: str, stderr: str, error: str | None, timed_out: bool, restarted: bool,
+    crashed: bool, chars_cut: int, exec_timeout: float, max_output_chars: int,
+) -> tuple[str, int]:
+    """The REPL feedback for one execution, cut to `max_output_chars` with a visible note.
+
+    Returns the text and the total number of characters cut from it.
+    """
+    parts = [stdout]
+    if stderr:
+        parts.append(stderr)
+    if error:
+        parts.append(error)
+    text = "".join(p if p.endswith("\n") or not p else p + "\n" for p in parts).rstrip("\n")
+    cut = chars_cut
+    if len(text) > max_output_chars:
+        half = max_output_chars // 2
+        cut += len(text) - 2 * half
+        text = f"{text[:half]}\n[... {len(text) - 2 * half:,} characters cut ...]\n{text[-half:]}"
+    notes = []
+    if cut:
+        notes.append(f"[output truncated: {cut:,} characters cut; print less]")
+    if timed_out:
+        notes.append(f"[execution timed out after {exec_timeout:g}s and was interrupted]")
+    if restarted or crashed:
+        cause = "the kernel died" if crashed else "the kernel did not stop after the interrupt"
+        notes.append(
+            f"[{cause}: it was restarted and all REPL state was lost. `context`, `llm_batch` and "
+            "`answer` (with its last content) were restored; re-create your other variables.]"
+        )
+    body = text if text.strip() else "(no output)"
+    return "\n".join([body, *notes]), cut

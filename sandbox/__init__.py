@@ -1,0 +1,42 @@
+"""Where model-written code runs: persistent Jupyter kernels behind an isolation boundary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import (
+    ExecutionResult,
+    RequestHandler,
+    Sandbox,
+    SandboxCrashed,
+    SandboxError,
+    SandboxStartError,
+    SandboxUnavailable,
+)
+from .local import LocalSandbox
+
+#: Backend names accepted by `create_sandbox` (and `rlm.run(sandbox=...)`).
+BACKENDS = ("local", "unsafe-local")
+
+
+def create_sandbox(backend: str = "local", **options: Any) -> Sandbox:
+    """A not-yet-started sandbox of the named backend."""
+    if backend == "local":
+        return LocalSandbox(**options)
+    if backend == "unsafe-local":
+        return LocalSandbox(isolated=False, **options)
+    raise ValueError(f"unknown sandbox backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+__all__ = [
+    "BACKENDS",
+    "ExecutionResult",
+    "LocalSandbox",
+    "RequestHandler",
+    "Sandbox",
+    "SandboxCrashed",
+    "SandboxError",
+    "SandboxStartError",
+    "SandboxUnavailable",
+    "create_sandbox",
+]

@@ -1,0 +1,329 @@
+"""Jupyter messaging shared by every backend, and the kernel lifecycle built on it.
+
+`KernelSession` speaks the Jupyter protocol to one running kernel (execute, interrupt, stdin
+RPC, bounded output capture). `KernelSandbox` adds what every backend needs on top: timeouts
+that interrupt then restart, crash detection, fresh connection files per launch. A backend only
+says how to launch, probe and kill the kernel process.
+"""
+
+from __future__ import annotations
+
+import abc
+import ast
+import asyncio
+import json
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from jupyter_client.asynchronous import AsyncKernelClient
+from jupyter_client.connect import write_connection_file
+
+from .base import (
+    ExecutionResult,
+    Output,
+    RequestHandler,
+    Sandbox,
+    SandboxCrashed,
+    SandboxStartError,
+)
+from .runtime import RPC_PREFIX
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_POLL_SECONDS = 0.25
+
+
+class KernelSession:
+    """Messaging with one running kernel; knows nothing of how the kernel process lives."""
+
+    def __init__(self, connection_file: Path) -> None:
+        self.client = AsyncKernelClient()
+        self.client.load_connection_file(str(connection_file))
+        self.client.start_channels()
+
+    async def wait_ready(self, timeout: float, alive: Any) -> None:
+        """Block until the kernel answers kernel_info; `alive()` lets a dead launch fail fast."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not alive():
+                raise SandboxStartError("kernel process exited during start-up")
+            msg_id = self.client.kernel_info()
+            try:
+                while True:
+                    reply = await self.client.get_shell_msg(timeout=0.5)
+                    if reply["parent_header"].get("msg_id") == msg_id:
+                        await self._drain_iopub()
+                        return
+            except Exception:  # queue.Empty: not up yet
+                continue
+        raise SandboxStartError(f"kernel did not answer within {timeout:.0f}s")
+
+    async def _drain_iopub(self) -> None:
+        while True:
+            try:
+                await self.client.get_iopub_msg(timeout=0.05)
+            except Exception:
+                return
+
+    async def interrupt(self) -> None:
+        msg = self.client.session.msg("interrupt_request", {})
+        self.client.control_channel.send(msg)
+
+    async def execute(
+        self,
+        code: str,
+        *,
+        deadline: float | None,
+        on_request: RequestHandler | None,
+        user_expressions: dict[str, str] | None,
+        max_output_chars: int,
+        alive: Any,
+    ) -> tuple[ExecutionResult, bool]:
+        """Run one cell. Returns the result and whether the kernel reached idle before `deadline`.
+
+        Raises `SandboxCrashed` when `alive()` turns false mid-cell.
+        """
+        started = time.monotonic()
+        stdout, stderr = Output(max_output_chars), Output(max_output_chars)
+        result = ExecutionResult()
+        msg_id = self.client.execute(
+            code, allow_stdin=True, user_expressions=user_expressions or {}, stop_on_error=False
+        )
+        poller = zmq.asyncio.Poller()
+        poller.register(self.client.iopub_channel.socket, zmq.POLLIN)
+        poller.register(self.client.stdin_channel.socket, zmq.POLLIN)
+        idle = False
+        while not idle:
+            wait = _POLL_SECONDS if deadline is None else min(_POLL_SECONDS, deadline - time.monotonic())
+            if wait <= 0:
+                break
+            events = dict(await poller.poll(int(wait * 1000)))
+            if not events:
+                if not alive():
+                    raise SandboxCrashed("the kernel process died")
+                continue
+            if self.client.stdin_channel.socket in events:
+                request = await self.client.get_stdin_msg(timeout=0)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                reply = await _serve_stdin(request["content"], on_request, remaining, stderr)
+                if reply is None:
+                    break  # the deadline passed while a request was being served
+                self.client.input(reply)
+            if self.client.iopub_channel.socket in events:
+                msg = await self.client.get_iopub_msg(timeout=0)
+                if msg["parent_header"].get("msg_id") != msg_id:
+                    continue
+                idle = _collect(msg, result, stdout, stderr)
+        if idle:
+            reply = await self._shell_reply(msg_id)
+            if reply is not None:
+                result.expressions = _expressions(reply["content"].get("user_expressions", {}))
+        result.stdout, result.stderr = stdout.render(), stderr.render()
+        result.chars_cut = stdout.dropped + stderr.dropped
+        result.duration = time.monotonic() - started
+        return result, idle
+
+    async def finish(self, grace: float) -> bool:
+        """After an interrupt, wait up to `grace` seconds for the kernel to go idle."""
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            try:
+                msg = await self.client.get_iopub_msg(timeout=max(0.01, deadline - time.monotonic()))
+            except Exception:
+                return False
+            if msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle":
+                if msg["parent_header"].get("msg_type") == "execute_request":
+                    await self._drain_shell()
+                    return True
+        return False
+
+    async def _shell_reply(self, msg_id: str) -> dict[str, Any] | None:
+        for _ in range(100):
+            try:
+                reply = await self.client.get_shell_msg(timeout=5)
+            except Exception:
+                return None
+            if reply["parent_header"].get("msg_id") == msg_id:
+                return reply
+        return None
+
+    async def _drain_shell(self) -> None:
+        while True:
+            try:
+                await self.client.get_shell_msg(timeout=0.05)
+            except Exception:
+                return
+
+    def close(self) -> None:
+        self.client.stop_channels()
+
+
+async def _serve_stdin(
+    content: dict[str, Any],
+    on_request: RequestHandler | None,
+    remaining: float | None,
+    stderr: Output,
+) -> str | None:
+    """Answer one stdin prompt: an RPC request goes to `on_request`; a plain `input()` gets ''."""
+    prompt = content.get("prompt", "")
+    if not prompt.startswith(RPC_PREFIX):
+        stderr.write("[sandbox] input() is not available in this REPL; it returned ''.\n")
+        return ""
+    try:
+        request = json.loads(prompt[len(RPC_PREFIX) :])
+        if not isinstance(request, dict):
+            raise ValueError("request must be a JSON object")
+    except ValueError as exc:
+        return json.dumps({"ok": False, "error": f"malformed request: {exc}"})
+    if on_request is None:
+        return json.dumps({"ok": False, "error": "no request handler is attached to this sandbox"})
+    try:
+        reply = await asyncio.wait_for(on_request(request), remaining)
+    except TimeoutError:
+        return None
+    return json.dumps(reply)
+
+
+def _collect(msg: dict[str, Any], result: ExecutionResult, stdout: Output, stderr: Output) -> bool:
+    """Fold one iopub message into the result; True when the cell is finished."""
+    kind, content = msg["msg_type"], msg["content"]
+    if kind == "stream":
+        (stdout if content.get("name") == "stdout" else stderr).write(content.get("text", ""))
+    elif kind in ("execute_result", "display_data"):
+        text = content.get("data", {}).get("text/plain")
+        if text is not None:
+            stdout.write(text + "\n")
+    elif kind == "error":
+        result.error_name = content.get("ename")
+        result.error = _ANSI.sub("", "\n".join(content.get("traceback", [])))
+    elif kind == "status":
+        return content.get("execution_state") == "idle"
+    return False
+
+
+def _expressions(raw: dict[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if value.get("status") != "ok":
+            values[name] = None
+            continue
+        text = value.get("data", {}).get("text/plain", "")
+        try:
+            values[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            values[name] = text
+    return values
+
+
+class KernelSandbox(Sandbox):
+    """A `Sandbox` whose kernel runs as some process the subclass launches.
+
+    Subclasses implement `_launch`, `_alive` and `_kill`; everything else is shared.
+    """
+
+    #: How long an interrupted cell may take to stop before the kernel is restarted.
+    interrupt_grace: float = 3.0
+
+    def __init__(self, *, startup_timeout: float = 60.0) -> None:
+        self.startup_timeout = startup_timeout
+        self.root = Path(tempfile.mkdtemp(prefix="rlm-"))
+        self.ipcdir = self.root / "ipc"
+        self.workdir = self.root / "work"
+        self.ipcdir.mkdir()
+        self.workdir.mkdir()
+        self._session: KernelSession | None = None
+        self._launches = 0
+        self._closed = False
+
+    @abc.abstractmethod
+    def _launch(self, connection_file: Path) -> None:
+        """Start the kernel process reading `connection_file`."""
+
+    @abc.abstractmethod
+    def _alive(self) -> bool:
+        """Whether the kernel process still runs."""
+
+    @abc.abstractmethod
+    def _kill(self) -> None:
+        """Kill the kernel process and everything it started."""
+
+    def _cleanup(self) -> None:
+        """Release per-sandbox resources after the last kill."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    async def start(self) -> None:
+        if self._closed:
+            raise SandboxStartError("this sandbox is closed")
+        self._launches += 1
+        # A fresh IPC name per launch: a restarted kernel never meets its predecessor's sockets.
+        connection_file = self.ipcdir / f"kernel-{self._launches}.json"
+        write_connection_file(
+            str(connection_file), transport="ipc", ip=str(self.ipcdir / f"k{self._launches}")
+        )
+        connection_file.chmod(0o644)
+        try:
+            self._launch(connection_file)
+            self._session = KernelSession(connection_file)
+            await self._session.wait_ready(self.startup_timeout, self._alive)
+        except BaseException:
+            await self._stop_kernel()
+            raise
+
+    async def execute(
+        self,
+        code: str,
+        *,
+        timeout: float | None = None,
+        on_request: RequestHandler | None = None,
+        user_expressions: dict[str, str] | None = None,
+        max_output_chars: int = 1_000_000,
+    ) -> ExecutionResult:
+        if self._session is None:
+            raise SandboxCrashed("the kernel is not running; call restart()")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            result, finished = await self._session.execute(
+                code,
+                deadline=deadline,
+                on_request=on_request,
+                user_expressions=user_expressions,
+                max_output_chars=max_output_chars,
+                alive=self._alive,
+            )
+        except SandboxCrashed:
+            await self._stop_kernel()
+            raise
+        if finished:
+            return result
+        result.timed_out = True
+        await self._session.interrupt()
+        if not await self._session.finish(self.interrupt_grace):
+            await self.restart()
+            result.restarted = True
+        return result
+
+    async def interrupt(self) -> None:
+        if self._session is not None:
+            await self._session.interrupt()
+
+    async def restart(self) -> None:
+        await self._stop_kernel()
+        await self.start()
+
+    async def _stop_kernel(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+        self._kill()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._stop_kernel()
+        self._cleanup()

@@ -1,0 +1,166 @@
+"""A scripted OpenAI-compatible server: a real HTTP server on loopback that replays planned
+root replies and answers sub-calls by rule, recording every request and the peak in flight.
+
+It stands in for a capable model in tests and benchmarks; it is a fixture, never the product.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+#: A reply: assistant text, or a dict with any of content / tool_calls / status / error / usage.
+Reply = str | dict[str, Any]
+RootScript = list[Reply] | Callable[[dict[str, Any]], Reply]
+
+ROOT_MARKER = "persistent Python REPL"
+
+
+def python_call(code: str) -> dict[str, Any]:
+    """A reply calling the `python` tool (tool-call code format)."""
+    return {"tool_calls": [{"name": "python", "arguments": json.dumps({"code": code})}]}
+
+
+def fenced(*blocks: str, text: str = "Running code.") -> str:
+    """A reply with ```python blocks (fenced code format)."""
+    return text + "\n" + "\n".join(f"```python\n{block}\n```" for block in blocks)
+
+
+def is_root(request: dict[str, Any]) -> bool:
+    first = request["messages"][0]
+    return first.get("role") == "system" and ROOT_MARKER in (first.get("content") or "")
+
+
+def default_sub(request: dict[str, Any]) -> Reply:
+    prompt = request["messages"][-1]["content"]
+    return f"echo: {prompt}"
+
+
+class ScriptedServer:
+    def __init__(
+        self,
+        root: RootScript = (),
+        sub: Callable[[dict[str, Any]], Reply] = default_sub,
+        *,
+        sub_latency: float = 0.0,
+        root_latency: float = 0.0,
+    ) -> None:
+        self._root_queue = list(root) if not callable(root) else None
+        self._root_fn = root if callable(root) else None
+        self._sub = sub
+        self.sub_latency = sub_latency
+        self.root_latency = root_latency
+        self.requests: list[dict[str, Any]] = []
+        self.bodies: list[bytes] = []
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    @property
+    def root_requests(self) -> list[dict[str, Any]]:
+        return [r for r in self.requests if is_root(r)]
+
+    @property
+    def sub_requests(self) -> list[dict[str, Any]]:
+        return [r for r in self.requests if not is_root(r)]
+
+    def __enter__(self) -> ScriptedServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+    def _next_root(self, request: dict[str, Any]) -> Reply:
+        if self._root_fn is not None:
+            return self._root_fn(request)
+        with self._lock:
+            if not self._root_queue:
+                return {"status": 500, "error": "scripted server: no root reply left"}
+            return self._root_queue.pop(0)
+
+    def respond(self, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        root = is_root(request)
+        with self._lock:
+            self.requests.append(request)
+            if not root:
+                self.in_flight += 1
+                self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            time.sleep(self.root_latency if root else self.sub_latency)
+            reply = self._next_root(request) if root else self._sub(request)
+        finally:
+            if not root:
+                with self._lock:
+                    self.in_flight -= 1
+        return _completion(request, reply)
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._send(200, {"object": "list", "data": [{"id": "scripted", "object": "model"}]})
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with server._lock:
+                    server.bodies.append(body)
+                status, payload = server.respond(json.loads(body))
+                self._send(status, payload)
+
+            def _send(self, status: int, payload: dict[str, Any]) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler
+
+
+def _completion(request: dict[str, Any], reply: Reply) -> tuple[int, dict[str, Any]]:
+    spec = {"content": reply} if isinstance(reply, str) else dict(reply)
+    if "status" in spec:
+        return spec["status"], {"error": {"message": spec.get("error", "scripted failure"), "type": "server_error"}}
+    content = spec.get("content")
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if spec.get("tool_calls"):
+        message["tool_calls"] = [
+            {"id": f"call_{uuid.uuid4().hex[:8]}", "type": "function",
+             "function": {"name": c["name"], "arguments": c["arguments"]}}
+            for c in spec["tool_calls"]
+        ]
+    prompt_chars = sum(len(m.get("content") or "") for m in request["messages"])
+    usage = spec.get("usage") or {
+        "prompt_tokens": prompt_chars // 4 + 1,
+        "completion_tokens": len(content or "") // 4 + 1,
+    }
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    return 200, {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": request.get("model", "scripted"),
+        "choices": [{"index": 0, "message": message,
+                     "finish_reason": "tool_calls" if spec.get("tool_calls") else "stop"}],
+        "usage": usage,
+    }
