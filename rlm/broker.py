@@ -118,7 +118,7 @@ class Broker:
             completion_tokens=child.usage.root.completion_tokens + child.usage.sub.completion_tokens,
             calls=child.usage.root.calls + child.usage.sub.calls,
         )
-        self.usage.merge_child(child.usage, self.depth + 1)
+        self.usage.merge_child(child.usage)
         if child.status != "ready":
             record.error = f"nested run ended with status {child.status}: {child.error or ''}".rstrip(": ")
 

@@ -165,7 +165,7 @@ class Controller:
             result.answer = content
             turn.duration = time.monotonic() - turn_started
             _log_turn(turn)
-            if state is not None and state["ready"]:
+            if state is not None and state.get("ready"):
                 result.status = "ready"
                 return
             if config.max_root_tokens is not None and result.usage.root.total_tokens >= config.max_root_tokens:
@@ -209,7 +209,7 @@ class Controller:
             if call_id is not None:
                 messages.append({"role": "tool", "tool_call_id": call_id, "content": text})
             feedback.append(text)
-            if turn.error or (state and state["ready"]):
+            if turn.error or (state and state.get("ready")):
                 break
         turn.output = "\n".join(feedback)
         skipped = blocks[len(feedback):]

@@ -44,12 +44,13 @@ class Usage(BaseModel):
         self.by_depth.setdefault(depth, TokenUsage()).add(usage)
         self.by_model.setdefault(model, TokenUsage()).add(usage)
 
-    def merge_child(self, child: Usage, depth_offset: int) -> None:
-        """Fold a nested run's usage in: all of it counts as sub usage of this run."""
+    def merge_child(self, child: Usage) -> None:
+        """Fold a nested run's usage in: all of it counts as sub usage of this run.
+        Depths are absolute (a nested run records its own root at its depth), so they add as is."""
         self.sub.add(child.root)
         self.sub.add(child.sub)
         for depth, usage in child.by_depth.items():
-            self.by_depth.setdefault(depth + depth_offset, TokenUsage()).add(usage)
+            self.by_depth.setdefault(depth, TokenUsage()).add(usage)
         for model, usage in child.by_model.items():
             self.by_model.setdefault(model, TokenUsage()).add(usage)
 

@@ -242,10 +242,9 @@ class LocalSandbox(KernelSandbox):
             resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
 
     def _launch(self, connection_file: Path) -> None:
+        # unsafe-local gets the cgroup too: no isolation, but limits and a sure cleanup.
+        self._cgroup = Cgroup.create(f"rlm-{uuid.uuid4().hex[:12]}", self.memory_limit, self.max_processes)
         if self.isolated:
-            self._cgroup = Cgroup.create(
-                f"rlm-{uuid.uuid4().hex[:12]}", self.memory_limit, self.max_processes
-            )
             argv, env, cwd = self._bwrap_argv(connection_file), {}, None
         else:
             argv, env, cwd = self._kernel_argv(connection_file), self._environment(), self.workdir
@@ -254,7 +253,7 @@ class LocalSandbox(KernelSandbox):
                 # Launched from the calling thread: bwrap's --die-with-parent follows this thread.
                 self._proc = subprocess.Popen(
                     argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                    start_new_session=True, preexec_fn=self._limit_child if self.isolated else None,
+                    start_new_session=True, preexec_fn=self._limit_child,
                 )
             except OSError as exc:
                 raise SandboxStartError(f"could not launch the kernel: {exc}") from exc

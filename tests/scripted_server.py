@@ -41,6 +41,11 @@ def default_sub(request: dict[str, Any]) -> Reply:
     return f"echo: {prompt}"
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # the default backlog of 5 drops bursts of concurrent sub-calls
+    daemon_threads = True
+
+
 class ScriptedServer:
     def __init__(
         self,
@@ -60,8 +65,7 @@ class ScriptedServer:
         self.in_flight = 0
         self.peak_in_flight = 0
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._httpd.daemon_threads = True
+        self._httpd = _Server(("127.0.0.1", 0), self._handler_class())
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
     @property

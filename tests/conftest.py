@@ -1,0 +1,59 @@
+"""Fixtures that start real things: scripted model servers on loopback and sandboxes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import rlm
+from tests.scripted_server import ScriptedServer
+
+#: Backends that must pass the sandbox conformance suite.
+BACKENDS = ["local", "unsafe-local"]
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., ScriptedServer]]:
+    """Factory: `scripted(root_replies, sub=rule, sub_latency=...)` -> a running server."""
+    servers: list[ScriptedServer] = []
+
+    def make(*args: Any, **kwargs: Any) -> ScriptedServer:
+        server = ScriptedServer(*args, **kwargs).__enter__()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.__exit__(None, None, None)
+
+
+async def run_on(server: ScriptedServer, data: Any = None, prompt: str = "Answer the question.",
+                 **settings: Any) -> rlm.Result:
+    """An RLM run against a scripted server with test-friendly limits."""
+    settings.setdefault("max_retries", 0)
+    settings.setdefault("model", "scripted-root")
+    return await rlm.arun(prompt, data, base_url=server.base_url, **settings)
+
+
+def sandbox_processes(marker: bytes = b"") -> list[int]:
+    """PIDs of rlm sandbox kernels, or of any process whose command line holds `marker`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if (marker and marker in cmdline) or (b"ipykernel_launcher" in cmdline and b"/rlm-" in cmdline):
+            found.append(int(entry.name))
+    return found
+
+
+def sandbox_dirs() -> list[str]:
+    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+    return [p.name for p in tmp.glob("rlm-*")]

@@ -1,0 +1,116 @@
+"""llm_batch through the broker: concurrency, order, failures, sub-tools, depth, usage."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_on
+from tests.scripted_server import fenced, is_root
+
+
+async def test_32_prompts_run_concurrently_and_return_in_order(scripted):
+    server = scripted(
+        [fenced("r = llm_batch([f'p{i}' for i in range(32)]); print(r == [f'echo: p{i}' for i in range(32)])"),
+         fenced("answer['ready'] = True")],
+        sub_latency=0.5,
+    )
+    result = await run_on(server, "data", max_sub_concurrency=32)
+    assert result.turns[0].output.strip() == "True"
+    assert server.peak_in_flight >= 32
+    assert [c.prompt for c in result.sub_calls] == [f"p{i}" for i in range(32)]
+    assert result.usage.sub.calls == 32
+
+
+async def test_concurrency_limit_is_respected(scripted):
+    server = scripted(
+        [fenced("llm_batch([str(i) for i in range(12)])"), fenced("answer['ready'] = True")], sub_latency=0.2
+    )
+    await run_on(server, "data", max_sub_concurrency=4)
+    assert server.peak_in_flight == 4
+
+
+async def test_a_failing_prompt_yields_an_error_in_its_slot(scripted):
+    def sub(request):
+        prompt = request["messages"][-1]["content"]
+        return {"status": 500, "error": "boom"} if prompt == "bad" else f"ok {prompt}"
+
+    server = scripted([fenced("print(llm_batch(['a', 'bad', 'c']))"), fenced("answer['ready'] = True")], sub=sub)
+    result = await run_on(server, "data")
+    slots = eval(result.turns[0].output.strip())  # the printed list
+    assert slots[0] == "ok a" and slots[2] == "ok c"
+    assert slots[1].startswith("[error]") and "ModelError" in slots[1]
+    assert result.sub_calls[1].error and not result.sub_calls[0].error
+    assert result.status == "ready"
+
+
+async def test_sub_tools_loop_and_are_offered_only_to_sub_llms(scripted):
+    calls = []
+
+    def lookup(key: str) -> str:
+        """Look a key up in the private table."""
+        calls.append(key)
+        return {"alpha": "1", "beta": "2"}.get(key, "?")
+
+    def sub(request):
+        tool_results = [m for m in request["messages"] if m["role"] == "tool"]
+        if len(tool_results) < 2:
+            key = ["alpha", "beta"][len(tool_results)]
+            return {"tool_calls": [{"name": "lookup", "arguments": json.dumps({"key": key})}]}
+        return "sum=" + str(sum(int(m["content"]) for m in tool_results))
+
+    server = scripted([fenced("print(llm_batch(['add alpha and beta']))"), fenced("answer['ready'] = True")], sub=sub)
+    result = await run_on(server, "data", sub_tools=[lookup])
+    assert result.turns[0].output.strip() == "['sum=3']"
+    assert calls == ["alpha", "beta"]
+    assert result.sub_calls[0].tool_calls == 2 and result.usage.sub.calls == 3
+    sub_request = server.sub_requests[0]
+    assert sub_request["tools"][0]["function"]["name"] == "lookup"
+    assert sub_request["tools"][0]["function"]["parameters"]["required"] == ["key"]
+    assert all(t["function"]["name"] == "python" for r in server.root_requests for t in r.get("tools", []))
+
+
+async def test_depth_zero_disables_llm_batch(scripted):
+    server = scripted([fenced("llm_batch(['x'])"), fenced("answer['ready'] = True")])
+    result = await run_on(server, "data", max_depth=0)
+    assert "disabled" in result.turns[0].output and result.turns[0].error == "RuntimeError"
+    assert not server.sub_requests
+    assert "Disabled in this run" in server.root_requests[0]["messages"][0]["content"]
+
+
+async def test_depth_two_runs_each_prompt_as_a_nested_rlm(scripted):
+    def root(request):
+        task = request["messages"][1]["content"]
+        done = len([m for m in request["messages"] if m["role"] == "assistant"])
+        if task.startswith("child:"):
+            # The nested run: its own REPL, its own sub-call, then an answer.
+            if done == 0:
+                return fenced(f"r = llm_batch(['leaf of {task}']); answer['content'] = r[0]; answer['ready'] = True")
+        elif done == 0:
+            return fenced("print(llm_batch(['child:a', 'child:b']))")
+        else:
+            return fenced("answer['ready'] = True")
+        return {"status": 500}
+
+    server = scripted(root)
+    result = await run_on(server, "data", max_depth=2, max_retries=0)
+    assert result.turns[0].output.strip() == "['echo: leaf of child:a', 'echo: leaf of child:b']"
+    assert [c.depth for c in result.sub_calls] == [1, 1]
+    child = result.sub_calls[0].child
+    assert child is not None and child.status == "ready" and child.sub_calls[0].depth == 2
+    usage = result.usage
+    assert usage.root.calls == 2
+    assert usage.by_depth[1].calls == 2 and usage.by_depth[2].calls == 2  # child roots, leaves
+    assert usage.sub.calls == 4
+    assert sum(1 for r in server.requests if is_root(r)) == 4
+
+
+@pytest.mark.parametrize("request_text", ["not json", "[1, 2]", '{"method": "rm -rf"}', '{"method": "llm_batch", "prompts": [1]}'])
+async def test_malformed_rpc_gets_an_error_not_a_crash(scripted, request_text):
+    code = f"import builtins, json; print(json.loads(builtins.input('\\x00rlm-rpc:' + {request_text!r})))"
+    server = scripted([fenced(code), fenced("answer['ready'] = True")])
+    result = await run_on(server, "data")
+    printed = result.turns[0].output
+    assert "'ok': False" in printed
+    assert result.status == "ready" and not server.sub_requests
