@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from sandbox import BACKENDS
 
 from . import RLMConfig, RLMError
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return asyncio.run(_run(args))
-    except RLMError as exc:
+    except (RLMError, ValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -7,7 +7,7 @@ class RLMError(Exception):
     """Base class of every rlm error."""
 
 
-class ConfigError(RLMError, ValueError):
+class ConfigError(RLMError):
     """The configuration is incomplete or contradictory (e.g. no model named)."""
 
 

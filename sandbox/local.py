@@ -14,6 +14,7 @@ import os
 import resource
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -153,6 +154,14 @@ class LocalSandbox(KernelSandbox):
         if self._drop_root:
             for path in (self.root, self.ipcdir, self.workdir):
                 os.chown(path, SANDBOX_UID, SANDBOX_UID)
+            for path in self.mounts:
+                needed = stat.S_IROTH | (stat.S_IXOTH if path.is_dir() else 0)
+                if path.stat().st_mode & needed != needed:
+                    self._cleanup()
+                    raise SandboxStartError(
+                        f"{path} is not readable by the sandbox's unprivileged user (uid {SANDBOX_UID}): "
+                        f"make it world-readable (chmod o+r{'x' if path.is_dir() else ''})"
+                    )
 
     @property
     def log_path(self) -> Path:

@@ -1,0 +1,38 @@
+"""`rlm run` end to end, as a user types it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from rlm import Result
+from tests.scripted_server import fenced
+
+
+def test_rlm_run_prints_answer_summary_and_writes_json(scripted, tmp_path):
+    data = tmp_path / "log.txt"
+    data.write_text("ok\ntimeout at 3\nok\ntimeout at 9\n")
+    server = scripted([
+        fenced("n = sum('timeout' in line for line in context.splitlines())"),
+        fenced("answer['content'] = str(n); answer['ready'] = True"),
+    ])
+    out_json = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlm.cli", "run", "How many timeouts?", "--data", str(data),
+         "--model", "scripted-root", "--base-url", server.base_url, "--max-turns", "5",
+         "--json", str(out_json), "--verbose"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "2"
+    assert "ready · 2 turns · 0 sub-calls" in proc.stderr
+    assert "turn 1:" in proc.stderr and "n = sum(" in proc.stderr  # --verbose shows turns
+    result = Result.model_validate_json(out_json.read_text())
+    assert result.answer == "2" and len(result.turns) == 2
+
+
+def test_rlm_run_without_model_is_a_clear_error(tmp_path):
+    env = {"PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "rlm.cli", "run", "q"], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 2 and "no model given" in proc.stderr
