@@ -16,6 +16,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ class KernelSession:
         self.client.load_connection_file(str(connection_file))
         self.client.start_channels()
 
-    async def wait_ready(self, timeout: float, alive: Any) -> None:
+    async def wait_ready(self, timeout: float, alive: Callable[[], bool]) -> None:
         """Block until the kernel answers kernel_info; `alive()` lets a dead launch fail fast."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -82,7 +83,7 @@ class KernelSession:
         on_request: RequestHandler | None,
         user_expressions: dict[str, str] | None,
         max_output_chars: int,
-        alive: Any,
+        alive: Callable[[], bool],
     ) -> tuple[ExecutionResult, bool]:
         """Run one cell. Returns the result and whether the kernel reached idle before `deadline`.
 

@@ -168,3 +168,22 @@ def _completion(request: dict[str, Any], reply: Reply) -> tuple[int, dict[str, A
                      "finish_reason": "tool_calls" if spec.get("tool_calls") else "stop"}],
         "usage": usage,
     }
+
+
+def main() -> None:
+    """`python -m tests.scripted_server ROOT_JSON [--sub-latency S]`: serve in a process of its
+    own (benchmarks use it so the server does not share the measured process's GIL)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("root_json", help="JSON list of root replies")
+    parser.add_argument("--sub-latency", type=float, default=0.0)
+    args = parser.parse_args()
+    with ScriptedServer(json.loads(args.root_json), sub_latency=args.sub_latency) as server:
+        print(server.base_url, flush=True)
+        sys.stdin.read()  # serve until the parent closes our stdin
+
+
+if __name__ == "__main__":
+    main()
