@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -114,3 +115,33 @@ async def test_malformed_rpc_gets_an_error_not_a_crash(scripted, request_text):
     printed = result.turns[0].output
     assert "'ok': False" in printed
     assert result.status == "ready" and not server.sub_requests
+
+
+async def test_transient_server_errors_are_retried(scripted):
+    failures = {"429": 1, "503": 1}
+
+    def sub(request):
+        prompt = request["messages"][-1]["content"]
+        if failures.get(prompt):
+            failures[prompt] -= 1
+            return {"status": int(prompt), "error": "try again"}
+        return f"ok {prompt}"
+
+    server = scripted([fenced("print(llm_batch(['429', '503']))"), fenced("answer['ready'] = True")], sub=sub)
+    result = await run_on(server, "data", max_retries=2)
+    assert result.turns[0].output.strip() == "['ok 429', 'ok 503']"
+    assert len(server.sub_requests) == 4 and not any(c.error for c in result.sub_calls)
+
+
+async def test_slow_sub_call_times_out_into_its_slot(scripted):
+    def sub(request):
+        prompt = request["messages"][-1]["content"]
+        if prompt == "slow":
+            time.sleep(3)
+        return f"ok {prompt}"
+
+    server = scripted([fenced("print(llm_batch(['slow', 'fast']))"), fenced("answer['ready'] = True")], sub=sub)
+    result = await run_on(server, "data", request_timeout=1)
+    slots = eval(result.turns[0].output.strip())
+    assert slots[1] == "ok fast" and slots[0].startswith("[error]")
+    assert result.status == "ready"
