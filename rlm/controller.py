@@ -133,7 +133,9 @@ class Controller:
         code = _RUNTIME_SOURCE + "\n" + data_file.write(sandbox)
         if restore:
             code += f"\nanswer['content'] = {restore!r}"
-        outcome = await sandbox.execute(code, user_expressions={"packages": "_rlm_packages()"})
+        outcome = await sandbox.execute(
+            code, user_expressions={"packages": "_rlm_packages()"}, timeout=self.config.exec_timeout
+        )
         if not outcome.ok:
             raise SandboxError(f"loading the data into the sandbox failed:\n{outcome.error or outcome.stderr}")
         return list(outcome.expressions.get("packages") or [])

@@ -37,6 +37,7 @@ from .runtime import RPC_PREFIX
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _POLL_SECONDS = 0.25
+_LOST_IDLE_GRACE = 2.0
 
 
 class KernelSession:
@@ -48,26 +49,43 @@ class KernelSession:
         self.client.start_channels()
 
     async def wait_ready(self, timeout: float, alive: Callable[[], bool]) -> None:
-        """Block until the kernel answers kernel_info; `alive()` lets a dead launch fail fast."""
+        """Block until the kernel answers kernel_info on shell *and* iopub.
+
+        Waiting for iopub too matters: a SUB socket that has not joined yet silently drops the
+        first messages, and an execute whose status messages are lost would never finish.
+        `alive()` lets a dead launch fail fast.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not alive():
                 raise SandboxStartError("kernel process exited during start-up")
             msg_id = self.client.kernel_info()
-            try:
-                while True:
-                    reply = await self.client.get_shell_msg(timeout=0.5)
-                    if reply["parent_header"].get("msg_id") == msg_id:
-                        await self._drain_iopub()
-                        return
-            except Exception:  # queue.Empty: not up yet
-                continue
+            replied = heard = False
+            round_end = time.monotonic() + 1.0
+            while not (replied and heard) and time.monotonic() < round_end:
+                if not replied:
+                    replied = await self._received(self.client.get_shell_msg, msg_id, 0.1)
+                if not heard:
+                    heard = await self._received(self.client.get_iopub_msg, msg_id, 0.1)
+            if replied and heard:
+                await self._drain(self.client.get_iopub_msg)
+                await self._drain(self.client.get_shell_msg)
+                return
         raise SandboxStartError(f"kernel did not answer within {timeout:.0f}s")
 
-    async def _drain_iopub(self) -> None:
+    @staticmethod
+    async def _received(get: Callable[..., Any], msg_id: str, timeout: float) -> bool:
+        try:
+            msg = await get(timeout=timeout)
+        except Exception:  # queue.Empty: nothing yet
+            return False
+        return msg["parent_header"].get("msg_id") == msg_id
+
+    @staticmethod
+    async def _drain(get: Callable[..., Any]) -> None:
         while True:
             try:
-                await self.client.get_iopub_msg(timeout=0.05)
+                await get(timeout=0.02)
             except Exception:
                 return
 
@@ -95,11 +113,21 @@ class KernelSession:
         msg_id = self.client.execute(
             code, allow_stdin=True, user_expressions=user_expressions or {}, stop_on_error=False
         )
+        iopub, stdin, shell = (
+            self.client.iopub_channel.socket, self.client.stdin_channel.socket, self.client.shell_channel.socket
+        )
         poller = zmq.asyncio.Poller()
-        poller.register(self.client.iopub_channel.socket, zmq.POLLIN)
-        poller.register(self.client.stdin_channel.socket, zmq.POLLIN)
+        for socket in (iopub, stdin, shell):
+            poller.register(socket, zmq.POLLIN)
         idle = False
-        while not idle:
+        reply: dict[str, Any] | None = None
+        replied_at = 0.0
+        # Done when iopub says idle and shell has replied; a reply with no idle after a grace
+        # period means iopub lost the status message, and waiting longer would hang forever.
+        while not (idle and reply is not None):
+            if reply is not None and time.monotonic() - replied_at > _LOST_IDLE_GRACE:
+                idle = True
+                break
             wait = _POLL_SECONDS if deadline is None else min(_POLL_SECONDS, deadline - time.monotonic())
             if wait <= 0:
                 break
@@ -108,26 +136,28 @@ class KernelSession:
                 if not alive():
                     raise SandboxCrashed("the kernel process died")
                 continue
-            if self.client.stdin_channel.socket in events:
+            if stdin in events:
                 request = await self.client.get_stdin_msg(timeout=0)
                 remaining = None if deadline is None else deadline - time.monotonic()
-                reply = await _serve_stdin(request["content"], on_request, remaining, stderr)
-                if reply is None:
+                answer = await _serve_stdin(request["content"], on_request, remaining, stderr)
+                if answer is None:
                     break  # the deadline passed while a request was being served
-                self.client.input(reply)
-            if self.client.iopub_channel.socket in events:
+                self.client.input(answer)
+            if iopub in events:
                 msg = await self.client.get_iopub_msg(timeout=0)
-                if msg["parent_header"].get("msg_id") != msg_id:
-                    continue
-                idle = _collect(msg, result, stdout, stderr)
-        if idle:
-            reply = await self._shell_reply(msg_id)
-            if reply is not None:
-                result.expressions = _expressions(reply["content"].get("user_expressions", {}))
+                if msg["parent_header"].get("msg_id") == msg_id:
+                    idle = _collect(msg, result, stdout, stderr) or idle
+            if shell in events:
+                msg = await self.client.get_shell_msg(timeout=0)
+                if msg["parent_header"].get("msg_id") == msg_id:
+                    reply, replied_at = msg, time.monotonic()
+        finished = idle and reply is not None
+        if finished:
+            result.expressions = _expressions(reply["content"].get("user_expressions", {}))
         result.stdout, result.stderr = stdout.render(), stderr.render()
         result.chars_cut = stdout.dropped + stderr.dropped
         result.duration = time.monotonic() - started
-        return result, idle
+        return result, finished
 
     async def finish(self, grace: float) -> bool:
         """After an interrupt, wait up to `grace` seconds for the kernel to go idle."""
@@ -139,26 +169,9 @@ class KernelSession:
                 return False
             if msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle":
                 if msg["parent_header"].get("msg_type") == "execute_request":
-                    await self._drain_shell()
+                    await self._drain(self.client.get_shell_msg)
                     return True
         return False
-
-    async def _shell_reply(self, msg_id: str) -> dict[str, Any] | None:
-        for _ in range(100):
-            try:
-                reply = await self.client.get_shell_msg(timeout=5)
-            except Exception:
-                return None
-            if reply["parent_header"].get("msg_id") == msg_id:
-                return reply
-        return None
-
-    async def _drain_shell(self) -> None:
-        while True:
-            try:
-                await self.client.get_shell_msg(timeout=0.05)
-            except Exception:
-                return
 
     def close(self) -> None:
         self.client.stop_channels()
