@@ -14,7 +14,8 @@ from typing import Any
 
 from .config import RLMConfig
 from .controller import Controller
-from .errors import ConfigError, ContextLengthExceeded, ModelError, RLMError
+from .errors import ConfigError, ContextLengthExceeded, ModelError, RLMError, ServerStartError
+from .serving import LlamaCppServer, VLLMServer
 from .trajectory import Result, Status, SubCall, Timings, TokenUsage, Turn, Usage
 
 __version__ = "0.1.0"
@@ -59,6 +60,7 @@ def run(
 
 
 __all__ = [
-    "RLM", "ConfigError", "ContextLengthExceeded", "ModelError", "RLMConfig", "RLMError", "Result",
+    "RLM", "ConfigError", "ContextLengthExceeded", "LlamaCppServer", "ModelError", "RLMConfig", "RLMError",
+    "Result", "ServerStartError", "VLLMServer",
     "Status", "SubCall", "Timings", "TokenUsage", "Turn", "Usage", "arun", "run",
 ]

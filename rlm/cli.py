@@ -1,11 +1,14 @@
-"""`rlm run "PROMPT" --data FILE --model M --base-url URL`: one RLM run from the shell."""
+"""The `rlm` command: `rlm run` (one RLM run) and `rlm serve` (a managed model server)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import signal
 import sys
+import time
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -14,6 +17,7 @@ from sandbox import BACKENDS
 
 from . import RLMConfig, RLMError
 from .controller import Controller
+from .serving import LlamaCppServer, ManagedServer, VLLMServer
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,8 +35,55 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-depth", type=int, default=1)
     run.add_argument("--timeout", type=float, default=1800.0, help="whole run, seconds")
     run.add_argument("--json", type=Path, metavar="OUT", help="write the full Result as JSON")
+    run.add_argument("--tiny", action="store_true",
+                     help="start the embedded CPU model (SmolLM2-135M) for this run and use it")
     run.add_argument("--verbose", "-v", action="store_true", help="show turns as they happen")
+
+    serve = commands.add_parser("serve", help="run a model server until interrupted")
+    which = serve.add_mutually_exclusive_group(required=True)
+    which.add_argument("--tiny", action="store_true", help="SmolLM2-135M on the CPU via llama.cpp")
+    which.add_argument("--vllm", metavar="MODEL", help="vLLM on the GPU serving MODEL")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--served-model-name")
+    serve.add_argument("--max-model-len", type=int)
+    serve.add_argument("--gpu-memory-utilization", type=float)
+    serve.add_argument("--tensor-parallel-size", type=int, default=1)
+    serve.add_argument("--no-prefix-caching", action="store_true")
+    serve.add_argument("--tool-call-parser", help="enables code_format='tool' (e.g. hermes)")
+    serve.add_argument("--max-logprobs", type=int, help="for RL: logprobs per token the server may return")
+    serve.add_argument("--n-ctx", type=int, default=8192, help="context length of the tiny model")
+    serve.add_argument("--verbose", "-v", action="store_true", help="stream the server's log")
     return parser
+
+
+def _server(args: argparse.Namespace) -> ManagedServer:
+    if args.command == "run" or args.tiny:
+        return LlamaCppServer(port=getattr(args, "port", 0), n_ctx=getattr(args, "n_ctx", 8192))
+    return VLLMServer(
+        model=args.vllm, port=args.port, served_model_name=args.served_model_name,
+        max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
+        tensor_parallel_size=args.tensor_parallel_size, prefix_caching=not args.no_prefix_caching,
+        tool_call_parser=args.tool_call_parser, max_logprobs=args.max_logprobs,
+    )
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM ends `rlm serve` the way Ctrl-C does, so the server is always stopped."""
+    raise KeyboardInterrupt
+
+
+def _serve(args: argparse.Namespace) -> int:
+    server = _server(args)
+    signal.signal(signal.SIGTERM, _interrupt)
+    with server:
+        print(f"serving {server.model_name} at {server.base_url}" + (" (reused)" if server.reused else ""), flush=True)
+        print(f"  RLM_BASE_URL={server.base_url} RLM_MODEL={server.model_name}", flush=True)
+        try:
+            while server.reused or server.running:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+    return 0
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -43,9 +94,13 @@ async def _run(args: argparse.Namespace) -> int:
     for name in ("model", "base_url", "sub_model"):
         if getattr(args, name):
             settings[name] = getattr(args, name)
-    config = RLMConfig(**settings)
-    # A file is mounted read-only and read inside the sandbox: it never passes through us.
-    result = await Controller(config).run(args.prompt, args.data)
+    with contextlib.ExitStack() as stack:
+        if args.tiny:
+            server = stack.enter_context(_server(args))
+            settings.update(model=server.model_name, base_url=server.base_url, max_tokens=512)
+        config = RLMConfig(**settings)
+        # A file is mounted read-only and read inside the sandbox: it never passes through us.
+        result = await Controller(config).run(args.prompt, args.data)
     if args.json:
         args.json.write_text(result.model_dump_json(indent=2))
     print(result.answer)
@@ -57,12 +112,18 @@ async def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.verbose:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger = logging.getLogger("rlm")
-        logger.addHandler(handler)
-        logger.setLevel(logging.DEBUG)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("rlm")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    logging.getLogger("rlm.serve").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if args.command == "serve":
+        try:
+            return _serve(args)
+        except RLMError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.data is not None and not args.data.exists():
         print(f"error: --data {args.data}: no such file", file=sys.stderr)
         return 2

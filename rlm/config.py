@@ -49,6 +49,7 @@ class RLMConfig(BaseModel):
     temperature: float | None = None
     max_tokens: int | None = Field(default=None, description="Per root completion.")
     extra_body: dict[str, Any] = Field(default_factory=dict)
+    logprobs: bool = Field(default=False, description="Ask for per-token logprobs of root completions.")
 
     @model_validator(mode="after")
     def _resolve(self) -> RLMConfig:

@@ -95,7 +95,7 @@ class Controller:
         result = Result(model=config.model, sub_model=config.resolved_sub_model)
         started = time.monotonic()
         data_file = DataFile(data)
-        root = _client(config.model, config.base_url, config.api_key, config)
+        root = _client(config.model, config.base_url, config.api_key, config, logprobs=config.logprobs)
         sub = _client(config.resolved_sub_model, config.sub_base_url or config.base_url,
                       config.sub_api_key or config.api_key, config)
         broker = Broker(config, sub, result.usage, result.sub_calls, depth=self.depth,
@@ -109,7 +109,7 @@ class Controller:
                     packages = await self._prepare(sandbox, data_file, restore=None)
                     context = prompts.describe_context(
                         data_file.preview_source(), data_file.kind, data_file.size, config.preview_chars
-                    ) if data_file.kind != "none" else prompts.describe_context(None, "", 0, 0)
+                    )
                     system = prompts.system_prompt(config, context, packages)
                     result.messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
                     await self._loop(sandbox, data_file, root, broker, result)
@@ -119,8 +119,7 @@ class Controller:
             result.status, result.error = "error", f"{type(exc).__name__}: {exc}"
         finally:
             await root.close()
-            if sub is not root:
-                await sub.close()
+            await sub.close()
             result.timings.total = time.monotonic() - started
         log.info("done: %s", result.summary())
         return result
@@ -154,6 +153,7 @@ class Controller:
             result.timings.model += completion.latency
             messages.append(completion.as_message())
             turn = Turn(index=index, assistant=completion.content, usage=completion.usage,
+                        tokens=completion.tokens, logprobs=completion.logprobs,
                         model_seconds=completion.latency)
             result.turns.append(turn)
             broker.turn = index
@@ -269,12 +269,14 @@ class Controller:
         return _parse_state(outcome.expressions.get("state"))
 
 
-def _client(model: str, base_url: str | None, api_key: str | None, config: RLMConfig) -> ModelClient:
+def _client(model: str, base_url: str | None, api_key: str | None, config: RLMConfig,
+            *, logprobs: bool = False) -> ModelClient:
+    defaults = {"temperature": config.temperature, "max_tokens": config.max_tokens, "extra_body": config.extra_body}
+    if logprobs:  # llama.cpp's server returns logprobs only when top_logprobs is set too
+        defaults.update(logprobs=True, top_logprobs=1)
     return ModelClient(
         model, base_url=base_url, api_key=api_key, timeout=config.request_timeout,
-        max_retries=config.max_retries,
-        defaults={"temperature": config.temperature, "max_tokens": config.max_tokens,
-                  "extra_body": config.extra_body},
+        max_retries=config.max_retries, defaults=defaults,
     )
 
 

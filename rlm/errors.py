@@ -17,3 +17,7 @@ class ModelError(RLMError):
 
 class ContextLengthExceeded(ModelError):
     """The prompt does not fit the model's context window."""
+
+
+class ServerStartError(RLMError):
+    """A managed model server did not come up (missing binary, crash while loading, timeout)."""

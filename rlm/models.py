@@ -16,7 +16,7 @@ from openai import AsyncOpenAI
 from .errors import ContextLengthExceeded, ModelError
 from .trajectory import TokenUsage
 
-_CONTEXT_HINTS = ("context length", "context_length", "maximum context", "too many tokens", "exceeds the")
+_CONTEXT_HINTS = ("context length", "context_length", "context window", "maximum context", "too many tokens")
 
 
 @dataclass
@@ -28,6 +28,8 @@ class Completion:
     usage: TokenUsage = field(default_factory=TokenUsage)
     latency: float = 0.0
     finish_reason: str | None = None
+    tokens: list[str] | None = None
+    logprobs: list[float] | None = None
 
     def as_message(self) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": self.content}
@@ -89,12 +91,18 @@ class ModelClient:
             for c in choice.message.tool_calls or []
             if getattr(c, "function", None) is not None
         ]
+        tokens = logprobs = None
+        if choice.logprobs is not None and choice.logprobs.content is not None:
+            tokens = [item.token for item in choice.logprobs.content]
+            logprobs = [item.logprob for item in choice.logprobs.content]
         return Completion(
             content=choice.message.content or "",
             tool_calls=tool_calls,
             usage=usage,
             latency=latency,
             finish_reason=choice.finish_reason,
+            tokens=tokens,
+            logprobs=logprobs,
         )
 
     async def close(self) -> None:

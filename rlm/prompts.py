@@ -82,7 +82,7 @@ _NESTED = (
 
 def describe_context(data: Any, kind: str, size: int, preview_chars: int) -> str:
     """Type, size and a short preview of the data: never the data itself."""
-    if data is None:
+    if kind == "none":
         return "No input data was given: `context` is None."
     what = {
         "text": f"a `str` of {size:,} characters",

@@ -68,6 +68,8 @@ class Turn(BaseModel):
     chars_cut: int = 0
     answer: str = ""
     usage: TokenUsage = Field(default_factory=TokenUsage)
+    tokens: list[str] | None = None
+    logprobs: list[float] | None = None
     model_seconds: float = 0.0
     exec_seconds: float = 0.0
     duration: float = 0.0

@@ -1,0 +1,123 @@
+"""Core-runtime benchmarks: sandbox start and round trip, llm_batch fan-out, controller overhead,
+1 GB context. Run with `python -m benchmarks core [--quick]`.
+
+Prints a table and writes JSON. Ratios are measured side by side in one run; absolute times on
+shared 2-core machines are noisy, so read them as orders of magnitude.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import rlm
+from sandbox import create_sandbox
+from tests.scripted_server import ScriptedServer, fenced
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def cold_start(backend: str, runs: int) -> dict[str, float]:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        box = create_sandbox(backend)
+        await box.start()
+        times.append(time.perf_counter() - started)
+        await box.close()
+    return {"p50_s": statistics.median(times), "p95_s": _percentile(times, 0.95)}
+
+
+async def round_trip(backend: str, runs: int) -> dict[str, float]:
+    async with create_sandbox(backend) as box:
+        for _ in range(10):
+            await box.execute("pass")
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            await box.execute("pass")
+            times.append(time.perf_counter() - started)
+    return {"p50_ms": statistics.median(times) * 1e3, "p95_ms": _percentile(times, 0.95) * 1e3}
+
+
+async def batch_ratio(latency: float = 0.1) -> dict[str, float]:
+    """Wall time of llm_batch(64 prompts) over llm_batch(1 prompt), same kernel, same server."""
+    code = (
+        "import time\n"
+        "t = time.perf_counter(); llm_batch(['one']); one = time.perf_counter() - t\n"
+        "t = time.perf_counter(); llm_batch([str(i) for i in range(64)]); many = time.perf_counter() - t\n"
+        "answer['content'] = f'{one} {many}'; answer['ready'] = True"
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.scripted_server", json.dumps([fenced(code)]), "--sub-latency", str(latency)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        base_url = server.stdout.readline().strip()
+        result = await rlm.arun("bench", "data", model="bench", base_url=base_url,
+                                max_sub_concurrency=64, max_retries=0)
+    finally:
+        server.stdin.close()
+        server.wait(timeout=10)
+    one, many = map(float, result.answer.split())
+    return {"one_call_s": one, "batch64_s": many, "ratio": many / one}
+
+
+async def controller_overhead(turns: int = 30) -> dict[str, float]:
+    """Per-turn time not spent in the model request or the kernel execution."""
+    replies = [fenced("x = 1")] * (turns - 1) + [fenced("answer['ready'] = True")]
+    with ScriptedServer(replies) as server:
+        result = await rlm.arun("bench", "data", model="bench", base_url=server.base_url,
+                                max_turns=turns, max_retries=0)
+    overheads = [t.duration - t.model_seconds - t.exec_seconds for t in result.turns]
+    return {"per_turn_ms": statistics.median(overheads) * 1e3, "turns": len(result.turns)}
+
+
+def gigabyte_context() -> dict[str, float]:
+    """Load time of a 1 GB str context and the controller's peak memory, in a fresh process."""
+    script = (
+        "import asyncio, resource, time, rlm\n"
+        "from tests.scripted_server import ScriptedServer, fenced\n"
+        "data = 'x' * (1 << 30)\n"
+        "with ScriptedServer([fenced(\"answer['content'] = str(len(context)); answer['ready'] = True\")]) as s:\n"
+        "    t = time.perf_counter()\n"
+        "    r = asyncio.run(rlm.arun('q', data, model='b', base_url=s.base_url, max_retries=0,\n"
+        "                             sandbox_options={'memory_limit': '6g'}))\n"
+        "    print(time.perf_counter() - t, r.timings.sandbox_start, r.answer,\n"
+        "          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    total, start, length, peak_mb = out.stdout.split()
+    assert int(length) == 1 << 30
+    return {"run_s": float(total), "controller_peak_mb": float(peak_mb), "data_mb": 1024.0}
+
+
+async def collect(quick: bool) -> dict[str, Any]:
+    runs = 5 if quick else 20
+    report: dict[str, Any] = {}
+    for backend in ("local", "unsafe-local"):
+        report[f"cold_start[{backend}]"] = await cold_start(backend, runs)
+        report[f"round_trip[{backend}]"] = await round_trip(backend, runs * 10)
+    report["llm_batch_64_vs_1"] = await batch_ratio()
+    report["controller_overhead"] = await controller_overhead()
+    if not quick:
+        report["context_1gb"] = gigabyte_context()
+    return report
+
+
+TARGETS: dict[str, tuple[str, str]] = {
+    "cold_start[local]": ("p50_s", "<= 0.5 s"),
+    "round_trip[local]": ("p50_ms", "<= 2 ms"),
+    "round_trip[unsafe-local]": ("p50_ms", "<= 2 ms"),
+    "llm_batch_64_vs_1": ("ratio", "<= 1.2x"),
+    "controller_overhead": ("per_turn_ms", "<= 5 ms"),
+}
+
