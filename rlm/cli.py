@@ -1,4 +1,5 @@
-"""The `rlm` command: `rlm run` (one RLM run) and `rlm serve` (a managed model server)."""
+"""The `rlm` command: `rlm run` (one RLM run), `rlm eval` (the evaluation harness) and
+`rlm serve` (a managed model server)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,17 @@ import asyncio
 import contextlib
 import logging
 import signal
+import os
 import sys
 import time
+from typing import Any
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from sandbox import BACKENDS
 
-from . import RLMConfig, RLMError
+from . import ConfigError, RLMConfig, RLMError
 from .controller import Controller
 from .serving import LlamaCppServer, ManagedServer, VLLMServer
 
@@ -38,6 +41,23 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--tiny", action="store_true",
                      help="start the embedded CPU model (SmolLM2-135M) for this run and use it")
     run.add_argument("--verbose", "-v", action="store_true", help="show turns as they happen")
+
+    evaluate = commands.add_parser("eval", help="evaluate environments in llm / rlm / rlm+tips modes")
+    evaluate.add_argument("environments", nargs="+", metavar="ENV",
+                          help="deepdive, oolong, verbatim_copy, math_python, niah")
+    evaluate.add_argument("--model", help="root model (default: $RLM_MODEL)")
+    evaluate.add_argument("--base-url", help="OpenAI-compatible endpoint (default: $RLM_BASE_URL)")
+    evaluate.add_argument("--sub-model", help="model for llm_batch (default: the root model)")
+    evaluate.add_argument("--mode", default="llm,rlm,rlm+tips", help="comma-separated: llm, rlm, rlm+tips")
+    evaluate.add_argument("-n", type=int, default=50, help="tasks per environment")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--concurrency", type=int, default=16, help="rollouts at a time")
+    evaluate.add_argument("--out", type=Path, default=Path("results"), help="results.jsonl, trajectories, summary")
+    evaluate.add_argument("--sandbox", default="local", choices=BACKENDS)
+    evaluate.add_argument("--max-turns", type=int, default=20)
+    evaluate.add_argument("--max-tokens", type=int, help="per completion")
+    evaluate.add_argument("--tiny", action="store_true", help="evaluate the embedded CPU model")
+    evaluate.add_argument("--verbose", "-v", action="store_true", help="log every turn")
 
     serve = commands.add_parser("serve", help="run a model server until interrupted")
     which = serve.add_mutually_exclusive_group(required=True)
@@ -110,6 +130,32 @@ async def _run(args: argparse.Namespace) -> int:
     return 0 if result.status == "ready" else 1
 
 
+async def _eval(args: argparse.Namespace) -> int:
+    import environments
+
+    settings: dict[str, Any] = {"sandbox": args.sandbox, "max_turns": args.max_turns}
+    if args.sub_model:
+        settings["sub_model"] = args.sub_model
+    if args.max_tokens:
+        settings["max_tokens"] = args.max_tokens
+    model = args.model or os.environ.get("RLM_MODEL")
+    base_url = args.base_url or os.environ.get("RLM_BASE_URL")
+    with contextlib.ExitStack() as stack:
+        if args.tiny:
+            server = stack.enter_context(_server(args))
+            model, base_url = server.model_name, server.base_url
+            settings.setdefault("max_tokens", 512)
+        if not model:
+            raise ConfigError("no model given: pass --model or set RLM_MODEL")
+        summary = await environments.evaluate(
+            args.environments, model=model, base_url=base_url, modes=args.mode.split(","), n=args.n,
+            seed=args.seed, concurrency=args.concurrency, out=args.out, **settings,
+        )
+    print(summary.table())
+    print(f"results: {summary.results_path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
@@ -124,12 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         except RLMError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    if args.data is not None and not args.data.exists():
+    if args.command == "run" and args.data is not None and not args.data.exists():
         print(f"error: --data {args.data}: no such file", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(_run(args))
-    except (RLMError, ValidationError) as exc:
+        return asyncio.run(_run(args) if args.command == "run" else _eval(args))
+    except (RLMError, ValidationError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
