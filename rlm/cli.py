@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from sandbox import BACKENDS
+from sandbox import BACKENDS, SandboxError
 
 from . import ConfigError, RLMConfig, RLMError
 from .controller import Controller
@@ -58,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-tokens", type=int, help="per completion")
     evaluate.add_argument("--tiny", action="store_true", help="evaluate the embedded CPU model")
     evaluate.add_argument("--verbose", "-v", action="store_true", help="log every turn")
+
+    sandbox = commands.add_parser("sandbox", help="manage the Docker sandbox image and containers")
+    sandbox_commands = sandbox.add_subparsers(dest="action", required=True)
+    build = sandbox_commands.add_parser("build", help="build the sandbox image (once per recipe)")
+    build.add_argument("--method", default="auto", choices=["auto", "debootstrap", "dockerfile"])
+    build.add_argument("--force", action="store_true", help="rebuild even if the image exists")
+    sandbox_commands.add_parser("prune", help="remove every leftover rlm container")
 
     serve = commands.add_parser("serve", help="run a model server until interrupted")
     which = serve.add_mutually_exclusive_group(required=True)
@@ -156,18 +163,33 @@ async def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sandbox(args: argparse.Namespace) -> int:
+    from sandbox.docker import docker_client, prune
+    from sandbox.image import build_image
+
+    client = docker_client()
+    if args.action == "build":
+        started = time.monotonic()
+        tag = build_image(client, args.method, force=args.force)
+        print(f"{tag} ready ({time.monotonic() - started:.0f}s)")
+    else:
+        print(f"removed {prune(client)} container(s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger("rlm")
     logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
-    logging.getLogger("rlm.serve").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    if args.command == "serve":
+    logger.setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING)
+    for name in ("rlm.serve", "rlm.sandbox"):
+        logging.getLogger(name).setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
+    if args.command in ("serve", "sandbox"):
         try:
-            return _serve(args)
-        except RLMError as exc:
+            return _serve(args) if args.command == "serve" else _sandbox(args)
+        except (RLMError, SandboxError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     if args.command == "run" and args.data is not None and not args.data.exists():

@@ -16,7 +16,7 @@ from .base import (
 from .local import LocalSandbox
 
 #: Backend names accepted by `create_sandbox` (and `rlm.run(sandbox=...)`).
-BACKENDS = ("local", "unsafe-local")
+BACKENDS = ("local", "unsafe-local", "docker")
 
 
 def create_sandbox(backend: str = "local", **options: Any) -> Sandbox:
@@ -25,6 +25,10 @@ def create_sandbox(backend: str = "local", **options: Any) -> Sandbox:
         return LocalSandbox(**options)
     if backend == "unsafe-local":
         return LocalSandbox(isolated=False, **options)
+    if backend == "docker":
+        from .docker import DockerSandbox  # imported on use: the SDK is only needed here
+
+        return DockerSandbox(**options)
     raise ValueError(f"unknown sandbox backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 

@@ -12,8 +12,22 @@ import pytest
 import rlm
 from tests.scripted_server import ScriptedServer
 
-#: Backends that must pass the sandbox conformance suite.
-BACKENDS = ["local", "unsafe-local"]
+#: Backends that must pass the sandbox conformance suite; the isolating ones also face the hostile suite.
+BACKENDS = ["local", "unsafe-local", "docker"]
+ISOLATING = ["local", "docker"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind() -> Iterator[None]:
+    """After the whole suite: no sandbox process, directory or container of ours remains."""
+    before_dirs = set(sandbox_dirs())
+    yield
+    assert sandbox_processes() == [], "sandbox kernels outlived the test suite"
+    assert set(sandbox_dirs()) - before_dirs == set(), "sandbox directories outlived the test suite"
+    from sandbox.docker import LABEL, docker_client
+
+    left = docker_client().containers.list(all=True, filters={"label": LABEL})
+    assert left == [], f"containers outlived the test suite: {left}"
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The local backend's isolation: network, environment, filesystem, limits, leftovers."""
+"""Isolation of every isolating backend (bubblewrap and Docker) against hostile code: network,
+environment, filesystem, memory and process limits, leftovers."""
 
 from __future__ import annotations
 
@@ -9,14 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import LocalSandbox, SandboxCrashed, SandboxUnavailable
-from tests.conftest import run_on, sandbox_dirs, sandbox_processes
+from sandbox import LocalSandbox, SandboxCrashed, SandboxUnavailable, create_sandbox
+from tests.conftest import ISOLATING, run_on, sandbox_dirs, sandbox_processes
 from tests.scripted_server import fenced
 
 
+@pytest.fixture(params=ISOLATING)
+def backend(request):
+    return request.param
+
+
 @pytest.fixture
-async def box():
-    sandbox = LocalSandbox(memory_limit="512m", max_processes=64)
+async def box(backend):
+    sandbox = create_sandbox(backend, memory_limit="512m", max_processes=64)
     await sandbox.start()
     yield sandbox
     await sandbox.close()
@@ -42,10 +48,10 @@ async def test_host_loopback_server_is_unreachable(box):
     assert out.stdout.startswith("refused") and not accepted
 
 
-async def test_no_host_secrets_in_environment(monkeypatch):
+async def test_no_host_secrets_in_environment(monkeypatch, backend):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-must-not-leak")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "also-secret")
-    async with LocalSandbox() as sandbox:
+    async with create_sandbox(backend) as sandbox:
         out = await sandbox.execute(
             "import os; print(sorted(os.environ)); print(any('secret' in v or 'sk-' in v for v in os.environ.values()))"
         )
@@ -127,12 +133,16 @@ async def test_missing_bubblewrap_names_the_install_command(monkeypatch, tmp_pat
         LocalSandbox()
 
 
-async def test_no_process_or_directory_left_after_20_runs(scripted):
+async def test_no_process_or_directory_left_after_20_runs(scripted, backend):
     before_procs, before_dirs = set(sandbox_processes()), set(sandbox_dirs())
     for _ in range(20):
         server = scripted([fenced("import subprocess; subprocess.Popen(['sleep', '298.5'])\nanswer['ready'] = True")])
-        result = await run_on(server, "data")
+        result = await run_on(server, "data", sandbox=backend)
         assert result.status == "ready"
     assert set(sandbox_processes()) - before_procs == set()
     assert sandbox_processes(b"sleep 298.5") == []
     assert set(sandbox_dirs()) - before_dirs == set()
+    if backend == "docker":
+        from sandbox.docker import LABEL, docker_client
+
+        assert docker_client().containers.list(all=True, filters={"label": LABEL}) == []
