@@ -22,6 +22,7 @@ import rlm
 from rlm.errors import ModelError
 from rlm.models import ModelClient
 from rlm.trajectory import Result, TokenUsage
+from sandbox import SandboxPool
 
 from .base import Environment, Task
 
@@ -160,10 +161,12 @@ async def evaluate(
     out: str | Path = "results",
     tasks: dict[str, list[Task]] | None = None,
     progress: bool = True,
+    pool_size: int = 0,
     **settings: Any,
 ) -> Summary:
     """Run every environment in every mode on `n` generated tasks (or the given `tasks` per
-    environment name), `concurrency` rollouts at a time. `settings` go to `rlm.arun`."""
+    environment name), `concurrency` rollouts at a time. `settings` go to `rlm.arun`;
+    `pool_size` > 0 keeps that many sandboxes warm for the rlm modes."""
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ValueError(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
@@ -212,10 +215,17 @@ async def evaluate(
             progress_line.update(rollout)
         return rollout
 
+    pool = None
+    if pool_size and any(mode != "llm" for _, mode, _ in todo):
+        pool = await SandboxPool(settings.get("sandbox", "local"), pool_size,
+                                 **settings.get("sandbox_options", {})).start()
+        settings["pool"] = pool
     try:
         finished = await asyncio.gather(*(one(*job) for job in todo))
     finally:
         await client.close()
+        if pool is not None:
+            await pool.close()
     everything = list(done.values()) + list(finished)
     wanted = {(env.name, mode, task.id) for env, mode, task in jobs}
     summary = Summary(rows=summarize([r for r in everything if (r.environment, r.mode, r.task_id) in wanted]),

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sandbox.pool import SandboxPool
+
 from .errors import ConfigError
 
 
@@ -28,6 +30,9 @@ class RLMConfig(BaseModel):
 
     sandbox: str = "local"
     sandbox_options: dict[str, Any] = Field(default_factory=dict)
+    pool: SandboxPool | None = Field(default=None, exclude=True,
+                                     description="Take sandboxes from this warm pool (same event loop).")
+    allow_pip: bool | list[str] = Field(default=False, description="pip_install() policy: all, none or these names.")
     code_format: Literal["fenced", "tool"] = "fenced"
     tips: str | None = None
 
@@ -71,5 +76,6 @@ class RLMConfig(BaseModel):
                 "base_url": self.sub_base_url or self.base_url,
                 "api_key": self.sub_api_key or self.api_key,
                 "max_depth": self.max_depth - 1,
+                "pool": None,  # a nested run may sit on another loop turn; it starts its own sandbox
             }
         )

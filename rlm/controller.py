@@ -4,10 +4,12 @@ until `answer["ready"]` or a budget ends the run. Knows no sandbox backend and n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -102,9 +104,7 @@ class Controller:
                         spawn_child=self._spawn_child)
         try:
             async with asyncio.timeout(config.timeout):
-                options = dict(config.sandbox_options)
-                options["mounts"] = [*options.get("mounts", ()), *data_file.mounts]
-                async with create_sandbox(config.sandbox, **options) as sandbox:
+                async with self._sandbox(data_file) as sandbox:
                     result.timings.sandbox_start = time.monotonic() - started
                     packages = await self._prepare(sandbox, data_file, restore=None)
                     context = prompts.describe_context(
@@ -123,6 +123,27 @@ class Controller:
             result.timings.total = time.monotonic() - started
         log.info("done: %s", result.summary())
         return result
+
+    @contextlib.asynccontextmanager
+    async def _sandbox(self, data_file: DataFile) -> AsyncIterator[Sandbox]:
+        """A started sandbox for this run: from the warm pool when one is configured and the
+        data needs no mount (mounts are fixed when a sandbox starts), else a new one."""
+        config = self.config
+        if config.pool is not None and not data_file.mounts:
+            sandbox = await config.pool.acquire()
+        else:
+            options = dict(config.sandbox_options)
+            options["mounts"] = [*options.get("mounts", ()), *data_file.mounts]
+            sandbox = create_sandbox(config.sandbox, **options)
+            try:
+                await sandbox.start()
+            except BaseException:
+                await sandbox.close()
+                raise
+        try:
+            yield sandbox
+        finally:
+            await sandbox.close()
 
     async def _spawn_child(self, prompt: str) -> Result:
         return await Controller(self.config.child(), depth=self.depth + 1).run(prompt)

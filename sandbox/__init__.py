@@ -14,6 +14,7 @@ from .base import (
     SandboxUnavailable,
 )
 from .local import LocalSandbox
+from .pool import SandboxPool
 
 #: Backend names accepted by `create_sandbox` (and `rlm.run(sandbox=...)`).
 BACKENDS = ("local", "unsafe-local", "docker")
@@ -40,6 +41,7 @@ __all__ = [
     "Sandbox",
     "SandboxCrashed",
     "SandboxError",
+    "SandboxPool",
     "SandboxStartError",
     "SandboxUnavailable",
     "create_sandbox",
