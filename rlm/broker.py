@@ -10,8 +10,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import os
+import re
+import shutil
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, get_type_hints
 
 from .config import RLMConfig
@@ -23,6 +28,11 @@ from .trajectory import Result, SubCall, TokenUsage, Usage
 SpawnChild = Callable[[str], Awaitable[Result]]
 
 MAX_PROMPTS_PER_BATCH = 10_000
+#: A requirement as pip_install accepts it: a name, extras, version clauses; never an option.
+_REQUIREMENT = re.compile(
+    r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[A-Za-z0-9,._-]+\])?([<>=!~]=?[A-Za-z0-9.*+!_-]+(,[<>=!~]=?[A-Za-z0-9.*+!_-]+)*)?$"
+)
+WHEELHOUSE = Path(os.environ.get("RLM_WHEELHOUSE", Path.home() / ".cache" / "rlm" / "wheelhouse"))
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
 
 
@@ -64,6 +74,7 @@ class Broker:
         self.depth = depth
         self.spawn_child = spawn_child
         self.turn = 0
+        self.workdir: Path | None = None  # the sandbox's work dir, where pip_install puts wheels
         self.calls_used = 0
         self.refused = False
         self._limit = asyncio.Semaphore(config.max_sub_concurrency)
@@ -73,6 +84,8 @@ class Broker:
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         """Answer one RPC request from the kernel with `{"ok": ..., "result" | "error": ...}`."""
         method = request.get("method")
+        if method == "pip_install":
+            return await self._pip_install(request.get("packages"))
         if method != "llm_batch":
             return _error(f"unknown request {method!r}")
         prompts = request.get("prompts")
@@ -152,6 +165,51 @@ class Broker:
         except Exception as exc:  # a tool's failure is the sub-LLM's to read, not ours to raise
             return f"error: {type(exc).__name__}: {exc}"
         return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+    async def _pip_install(self, packages: Any) -> dict[str, Any]:
+        """Download wheels on the host (cached), copy them into the sandbox's work dir."""
+        allowed = self.config.allow_pip
+        if not allowed:
+            return _error("package installs are disabled in this run (allow_pip=False)")
+        if not isinstance(packages, list) or not packages or not all(isinstance(p, str) for p in packages):
+            return _error("pip_install needs a list of requirement strings, e.g. ['six==1.16.0']")
+        names = []
+        for requirement in packages:
+            match = _REQUIREMENT.match(requirement.strip())
+            if match is None:
+                return _error(f"not a plain requirement: {requirement!r}")
+            names.append(match.group(1).lower().replace("_", "-"))
+        if isinstance(allowed, list):
+            permitted = {name.lower().replace("_", "-") for name in allowed}
+            refused = [n for n in names if n not in permitted]
+            if refused:
+                return _error(f"not allowed in this run: {', '.join(refused)} (allowed: {', '.join(sorted(permitted))})")
+        if self.workdir is None:
+            return _error("no sandbox work dir to install into")
+        WHEELHOUSE.mkdir(parents=True, exist_ok=True)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--only-binary=:all:",
+            "--dest", str(WHEELHOUSE), *[p.strip() for p in packages],
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            output, _ = await asyncio.wait_for(process.communicate(), timeout=self.config.request_timeout)
+        except TimeoutError:
+            process.kill()
+            return _error("pip download timed out")
+        text = output.decode(errors="replace")
+        if process.returncode != 0:
+            return _error(f"pip download failed: {text.strip().splitlines()[-1] if text.strip() else process.returncode}")
+        wheels = [Path(m) for m in re.findall(r"(?:Saved|File was already downloaded) (\S+\.whl)", text)]
+        target = self.workdir / ".rlm-wheelhouse"
+        target.mkdir(exist_ok=True)
+        copied = []
+        for wheel in wheels:
+            shutil.copy2(wheel, target / wheel.name)
+            (target / wheel.name).chmod(0o644)
+            copied.append(str(target / wheel.name))
+        return {"ok": True, "result": copied}
 
 
 def _error(message: str) -> dict[str, Any]:

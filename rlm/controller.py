@@ -106,6 +106,7 @@ class Controller:
             async with asyncio.timeout(config.timeout):
                 async with self._sandbox(data_file) as sandbox:
                     result.timings.sandbox_start = time.monotonic() - started
+                    broker.workdir = sandbox.workdir
                     packages = await self._prepare(sandbox, data_file, restore=None)
                     context = prompts.describe_context(
                         data_file.preview_source(), data_file.kind, data_file.size, config.preview_chars

@@ -63,7 +63,7 @@ returned, exactly as it is. Put only the answer itself in it.
 
 ## Installed packages
 {packages}
-{tips}"""
+{pip_text}{tips}"""
 
 _LLM_BATCH = {
     0: "Disabled in this run: solve the task with code alone.",
@@ -119,8 +119,17 @@ def system_prompt(config: RLMConfig, context_description: str, packages: list[st
         llm_batch_text=llm_batch_text,
         limits="\n".join(limits),
         packages=", ".join(packages) if packages else "(the standard library only)",
+        pip_text=_pip_text(config.allow_pip),
         tips=tips,
     )
+
+
+def _pip_text(allow_pip: bool | list[str]) -> str:
+    if not allow_pip:
+        return ""
+    which = "any package" if allow_pip is True else "these packages: " + ", ".join(allow_pip)
+    return (f"`pip_install(['name==version', ...])` installs {which}: the controller downloads the "
+            "wheels, the sandbox stays offline.\n")
 
 
 def extract_code(content: str) -> list[str]:

@@ -39,6 +39,30 @@ def llm_batch(prompts):
     return _rlm_rpc("llm_batch", prompts=prompts)
 
 
+def pip_install(packages):
+    """Install packages the controller downloads for us (the sandbox has no network).
+
+    Wheels land in the work dir and are unpacked into a private site directory on sys.path.
+    Refused when the run's policy does not allow them.
+    """
+    import importlib
+    import os
+    import sys
+    import zipfile
+
+    packages = [packages] if isinstance(packages, str) else list(packages)
+    wheels = _rlm_rpc("pip_install", packages=packages)
+    site = os.path.join(os.getcwd(), ".rlm-site")
+    os.makedirs(site, exist_ok=True)
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extractall(site)
+    if site not in sys.path:
+        sys.path.insert(0, site)
+    importlib.invalidate_caches()
+    return [os.path.basename(w) for w in wheels]
+
+
 answer = {"content": "", "ready": False}
 
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.conftest import run_on
+from tests.conftest import ISOLATING, run_on
 from tests.scripted_server import fenced, is_root
 
 
@@ -145,3 +145,29 @@ async def test_slow_sub_call_times_out_into_its_slot(scripted):
     slots = eval(result.turns[0].output.strip())
     assert slots[1] == "ok fast" and slots[0].startswith("[error]")
     assert result.status == "ready"
+
+
+@pytest.mark.parametrize("backend", ISOLATING)
+async def test_pip_install_is_brokered_by_the_host(scripted, tmp_path, monkeypatch, backend):
+    """A real pure-Python package from PyPI: the host downloads it, the offline sandbox imports it."""
+    import rlm.broker
+
+    monkeypatch.setattr(rlm.broker, "WHEELHOUSE", tmp_path / "wheels")
+    server = scripted([
+        fenced("print(pip_install(['inflection==0.5.1']))\nimport inflection\nprint(inflection.camelize('rlm_lab'))"),
+        fenced("answer['ready'] = True"),
+    ])
+    result = await run_on(server, "data", allow_pip=["inflection"], sandbox=backend)
+    assert result.turns[0].output.strip().splitlines() == ["['inflection-0.5.1-py2.py3-none-any.whl']", "RlmLab"]
+    assert "pip_install" in server.root_requests[0]["messages"][0]["content"]
+
+
+@pytest.mark.parametrize(("policy", "request_", "message"), [
+    (False, "['six']", "disabled"),
+    (["six"], "['inflection']", "not allowed"),
+    (True, "['--index-url=http://127.0.0.1:1/ six']", "not a plain requirement"),
+])
+async def test_pip_install_refusals_are_clear_errors(scripted, policy, request_, message):
+    server = scripted([fenced(f"pip_install({request_})"), fenced("answer['ready'] = True")])
+    result = await run_on(server, "data", allow_pip=policy)
+    assert message in result.turns[0].output and result.turns[0].error == "RuntimeError"
