@@ -107,11 +107,12 @@ async def test_depth_two_runs_each_prompt_as_a_nested_rlm(scripted):
     assert sum(1 for r in server.requests if is_root(r)) == 4
 
 
+@pytest.mark.parametrize("backend", ISOLATING)
 @pytest.mark.parametrize("request_text", ["not json", "[1, 2]", '{"method": "rm -rf"}', '{"method": "llm_batch", "prompts": [1]}'])
-async def test_malformed_rpc_gets_an_error_not_a_crash(scripted, request_text):
+async def test_malformed_rpc_gets_an_error_not_a_crash(scripted, request_text, backend):
     code = f"import builtins, json; print(json.loads(builtins.input('\\x00rlm-rpc:' + {request_text!r})))"
     server = scripted([fenced(code), fenced("answer['ready'] = True")])
-    result = await run_on(server, "data")
+    result = await run_on(server, "data", sandbox=backend)
     printed = result.turns[0].output
     assert "'ok': False" in printed
     assert result.status == "ready" and not server.sub_requests

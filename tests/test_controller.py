@@ -7,7 +7,7 @@ import resource
 
 import pytest
 
-from tests.conftest import run_on
+from tests.conftest import ISOLATING, run_on
 from tests.scripted_server import fenced, python_call
 
 MARKER = "NEEDLE-7f3a9c"
@@ -127,22 +127,24 @@ async def test_root_token_budget(scripted):
     assert result.status == "budget" and len(result.turns) == 1
 
 
-async def test_sub_call_budget_refuses_then_ends_the_run(scripted):
+@pytest.mark.parametrize("backend", ISOLATING)
+async def test_sub_call_budget_refuses_then_ends_the_run(scripted, backend):
     server = scripted([
         fenced("print(llm_batch(['a', 'b']))"),
         fenced("print(llm_batch(['c', 'd']))"),
         fenced("print(llm_batch(['e', 'f']))"),
         fenced("answer['ready'] = True"),
     ])
-    result = await run_on(server, "data", max_sub_calls=3)
+    result = await run_on(server, "data", max_sub_calls=3, sandbox=backend)
     assert "budget exhausted" in result.turns[1].output
     assert len(result.sub_calls) == 2
     assert result.status == "budget" and len(result.turns) == 3
 
 
-async def test_run_timeout(scripted):
+@pytest.mark.parametrize("backend", ISOLATING)
+async def test_run_timeout(scripted, backend):
     server = scripted([fenced("import time; time.sleep(60)")])
-    result = await run_on(server, "data", timeout=3)
+    result = await run_on(server, "data", timeout=6, sandbox=backend)
     assert result.status == "timeout"
     assert result.timings.total < 15
 

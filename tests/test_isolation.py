@@ -146,3 +146,66 @@ async def test_no_process_or_directory_left_after_20_runs(scripted, backend):
         from sandbox.docker import LABEL, docker_client
 
         assert docker_client().containers.list(all=True, filters={"label": LABEL}) == []
+
+
+async def test_fork_bomb_hits_the_process_limit_and_dies_at_close(backend):
+    bomb = """
+import os, time
+spawned, error = 0, None
+try:
+    while True:
+        if os.fork() == 0:
+            time.sleep(299.25)
+            os._exit(0)
+        spawned += 1
+except OSError as e:
+    error = type(e).__name__
+print(spawned < 64, error)
+"""
+    before = set(sandbox_processes())
+    async with create_sandbox(backend, max_processes=64) as sandbox:
+        out = await sandbox.execute(bomb, timeout=60)
+        assert out.stdout.startswith("True") and "Error" in out.stdout, out
+        assert len(set(sandbox_processes()) - before) > 10  # the forks are alive, up to the limit
+        assert (await sandbox.execute("print('still here')")).stdout == "still here\n"
+    assert set(sandbox_processes()) - before == set()  # forks of the kernel: all gone at close
+
+
+async def test_cpu_burning_threads_leave_the_controller_and_a_neighbour_responsive(backend):
+    async with create_sandbox(backend) as hostile, create_sandbox(backend) as neighbour:
+        await hostile.execute(
+            "import threading\n"
+            "def burn():\n    while True: pass\n"
+            "for _ in range(8): threading.Thread(target=burn, daemon=True).start()"
+        )
+        for i in range(20):
+            out = await neighbour.execute(f"print({i} * {i})", timeout=30)
+            assert out.stdout == f"{i * i}\n"
+        assert (await hostile.execute("print('responsive')", timeout=30)).stdout == "responsive\n"
+
+
+async def test_hundred_megabytes_of_output_is_cut(box):
+    out = await box.execute("import sys\nfor _ in range(100):\n    sys.stdout.write('y' * 1_000_000)", max_output_chars=4000)
+    assert len(out.stdout) < 4200 and out.chars_cut >= 99_990_000
+
+
+async def test_filling_tmp_stops_at_its_size(backend):
+    async with create_sandbox(backend, tmp_size="64m") as sandbox:
+        out = await sandbox.execute(
+            "written, error = 0, None\n"
+            "try:\n"
+            "    with open('/tmp/fill', 'wb') as f:\n"
+            "        while True:\n"
+            "            f.write(b'z' * 1_000_000); f.flush(); written += 1\n"
+            "except OSError as e:\n"
+            "    error = e.errno\n"
+            "print(written, error)", timeout=60)
+    written, errno_ = out.stdout.split()
+    assert int(written) * 1_000_000 <= 64 * 2**20 and errno_ == "28"  # ENOSPC at the tmpfs size
+
+
+async def test_killing_the_kernel_is_a_typed_crash(box):
+    with pytest.raises(SandboxCrashed):
+        await box.execute("import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    await box.restart()
+    assert (await box.execute("print('again')")).stdout == "again\n"
