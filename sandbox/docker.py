@@ -8,6 +8,7 @@ it as ours so `prune()` can always find leftovers.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -83,28 +84,24 @@ class DockerSandbox(KernelSandbox):
         try:
             self._container = self.client.containers.run(
                 self.image,
-                ["python3", "-m", "ipykernel_launcher", "-f", str(connection_file),
-                 "--HistoryManager.enabled=False", "--IPKernelApp.quiet=True"],
+                ["python3", *self.kernel_args(connection_file)],
                 detach=True, init=True, network_mode="none", read_only=True, user=SANDBOX_USER,
                 cap_drop=["ALL"], security_opt=["no-new-privileges"],
                 mem_limit=self.memory_limit, memswap_limit=self.memory_limit,
                 nano_cpus=int(self.cpus * 1e9), pids_limit=self.max_processes,
                 tmpfs={"/tmp": f"size={self.tmp_size},mode=1777"},
                 volumes=volumes, working_dir=str(self.workdir),
-                environment={"HOME": str(self.workdir), "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
-                             "IPYTHONDIR": "/tmp/.ipython", "MPLBACKEND": "Agg"},
+                environment=self.kernel_environment(),
                 labels={LABEL: "1", "rlm.controller-pid": str(os.getpid())},
             )
         except Exception as exc:
             raise SandboxStartError(f"could not start the container: {exc}") from exc
 
-    async def start(self) -> None:
-        try:
-            await super().start()
-        except SandboxStartError as exc:
-            raise SandboxStartError(f"{exc}\n--- container log ---\n{self._logs()}") from None
+    async def _launch_async(self, connection_file: Path) -> None:
+        # The SDK blocks for the engine's round trips: keep the event loop (other runs) moving.
+        await asyncio.to_thread(self._launch, connection_file)
 
-    def _logs(self) -> str:
+    def _startup_log(self) -> str:
         try:
             return self._container.logs(tail=40).decode(errors="replace") if self._container else ""
         except Exception:

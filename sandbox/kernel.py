@@ -258,6 +258,11 @@ class KernelSandbox(Sandbox):
     def _launch(self, connection_file: Path) -> None:
         """Start the kernel process reading `connection_file`."""
 
+    async def _launch_async(self, connection_file: Path) -> None:
+        """`_launch` from the event loop; a backend whose launch blocks (an HTTP API) overrides
+        this to run it in a thread."""
+        self._launch(connection_file)
+
     @abc.abstractmethod
     def _alive(self) -> bool:
         """Whether the kernel process still runs."""
@@ -270,6 +275,20 @@ class KernelSandbox(Sandbox):
         """Release per-sandbox resources after the last kill."""
         shutil.rmtree(self.root, ignore_errors=True)
 
+    def _startup_log(self) -> str:
+        """What the kernel process printed, shown when it fails to start."""
+        return ""
+
+    def kernel_args(self, connection_file: Path) -> list[str]:
+        """The kernel's command line after the interpreter."""
+        return ["-m", "ipykernel_launcher", "-f", str(connection_file),
+                "--HistoryManager.enabled=False", "--IPKernelApp.quiet=True"]
+
+    def kernel_environment(self) -> dict[str, str]:
+        """The kernel's whole environment, built from nothing: no host secret reaches it."""
+        return {"HOME": str(self.workdir), "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
+                "IPYTHONDIR": "/tmp/.ipython", "MPLBACKEND": "Agg"}
+
     async def start(self) -> None:
         if self._closed:
             raise SandboxStartError("this sandbox is closed")
@@ -281,9 +300,13 @@ class KernelSandbox(Sandbox):
         )
         connection_file.chmod(0o644)
         try:
-            self._launch(connection_file)
+            await self._launch_async(connection_file)
             self._session = KernelSession(connection_file)
             await self._session.wait_ready(self.startup_timeout, self._alive)
+        except SandboxStartError as exc:
+            log = self._startup_log()
+            await self._stop_kernel()
+            raise SandboxStartError(f"{exc}\n--- kernel log ---\n{log}" if log else str(exc)) from None
         except BaseException:
             await self._stop_kernel()
             raise

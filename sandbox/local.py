@@ -167,23 +167,14 @@ class LocalSandbox(KernelSandbox):
     def log_path(self) -> Path:
         return self.root / "kernel.log"
 
-    def _environment(self) -> dict[str, str]:
-        # Built from nothing: no API key or other host secret reaches the kernel.
+    def kernel_environment(self) -> dict[str, str]:
         return {
+            **super().kernel_environment(),
             "PATH": f"{os.path.dirname(self.python)}:/usr/local/bin:/usr/bin:/bin",
-            "HOME": str(self.workdir),
-            "LANG": "C.UTF-8",
             "PYTHONNOUSERSITE": "1",
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "IPYTHONDIR": str(self.workdir / ".ipython") if not self.isolated else "/tmp/.ipython",
-            "MPLBACKEND": "Agg",
+            # unsafe-local shares the host's /tmp: keep IPython's files in the private work dir
+            "IPYTHONDIR": "/tmp/.ipython" if self.isolated else str(self.workdir / ".ipython"),
         }
-
-    def _kernel_argv(self, connection_file: Path) -> list[str]:
-        return [
-            self.python, "-m", "ipykernel_launcher", "-f", str(connection_file),
-            "--HistoryManager.enabled=False", "--IPKernelApp.quiet=True",
-        ]
 
     def _bwrap_argv(self, connection_file: Path) -> list[str]:
         argv = [
@@ -228,7 +219,7 @@ class LocalSandbox(KernelSandbox):
         bind(str(self.workdir), writable=True)
         for path in self.mounts:
             bind(str(path))
-        for name, value in self._environment().items():
+        for name, value in self.kernel_environment().items():
             argv += ["--setenv", name, value]
         argv += ["--chdir", str(self.workdir)]
         if self._drop_root:
@@ -236,7 +227,7 @@ class LocalSandbox(KernelSandbox):
                 "setpriv", f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups",
                 "--inh-caps=-all", "--bounding-set=-all", "--",
             ]
-        return argv + self._kernel_argv(connection_file)
+        return [*argv, self.python, *self.kernel_args(connection_file)]
 
     def _limit_child(self) -> None:
         """Runs in the child between fork and exec: enter the cgroup, or fall back to rlimits."""
@@ -256,7 +247,8 @@ class LocalSandbox(KernelSandbox):
         if self.isolated:
             argv, env, cwd = self._bwrap_argv(connection_file), {}, None
         else:
-            argv, env, cwd = self._kernel_argv(connection_file), self._environment(), self.workdir
+            argv = [self.python, *self.kernel_args(connection_file)]
+            env, cwd = self.kernel_environment(), self.workdir
         with open(self.log_path, "ab") as log:
             try:
                 # Launched from the calling thread: bwrap's --die-with-parent follows this thread.
@@ -267,12 +259,8 @@ class LocalSandbox(KernelSandbox):
             except OSError as exc:
                 raise SandboxStartError(f"could not launch the kernel: {exc}") from exc
 
-    async def start(self) -> None:
-        try:
-            await super().start()
-        except SandboxStartError as exc:
-            log = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
-            raise SandboxStartError(f"{exc}\n--- kernel log ---\n{log}") from None
+    def _startup_log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
 
     def _alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
