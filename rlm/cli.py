@@ -1,5 +1,5 @@
-"""The `rlm` command: `rlm run` (one RLM run), `rlm eval` (the evaluation harness) and
-`rlm serve` (a managed model server)."""
+"""The `rlm` command: `rlm run` (one RLM run), `rlm eval` (the evaluation harness), `rlm view`
+(HTML trajectories), `rlm serve` (a managed model server) and `rlm sandbox` (the Docker image)."""
 
 from __future__ import annotations
 
@@ -58,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-tokens", type=int, help="per completion")
     evaluate.add_argument("--tiny", action="store_true", help="evaluate the embedded CPU model")
     evaluate.add_argument("--verbose", "-v", action="store_true", help="log every turn")
+
+    view = commands.add_parser("view", help="write a self-contained HTML view of a result or results dir")
+    view.add_argument("path", type=Path, help="a Result JSON (rlm run --json) or an rlm eval --out directory")
+    view.add_argument("--out", type=Path, help="the HTML file (or directory, for results) to write")
 
     sandbox = commands.add_parser("sandbox", help="manage the Docker sandbox image and containers")
     sandbox_commands = sandbox.add_subparsers(dest="action", required=True)
@@ -186,6 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     logger.setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING)
     for name in ("rlm.serve", "rlm.sandbox"):
         logging.getLogger(name).setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
+    if args.command == "view":
+        from .viewer import write_view
+
+        try:
+            print(write_view(args.path, args.out))
+        except (OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if args.command in ("serve", "sandbox"):
         try:
             return _serve(args) if args.command == "serve" else _sandbox(args)

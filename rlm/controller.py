@@ -262,7 +262,7 @@ class Controller:
         try:
             outcome = await sandbox.execute(
                 code, timeout=config.exec_timeout, on_request=broker.handle,
-                user_expressions=_STATE, max_output_chars=config.max_output_chars,
+                user_expressions=_STATE, max_output_chars=config.max_output_chars // 2,  # per stream
             )
         except SandboxCrashed as exc:
             await sandbox.restart()

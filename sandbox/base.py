@@ -54,12 +54,21 @@ class Output:
 
     @property
     def dropped(self) -> int:
-        return self.total - len(self.head) - len(self.tail)
+        """Characters not in `render()` (the cut marker's own length included)."""
+        return self.total - len(self._parts()[0]) - len(self._parts()[1])
+
+    def _parts(self) -> tuple[str, str]:
+        if self.total <= self.limit:
+            return self.head + self.tail, ""
+        # Make room for the marker so the rendered text never exceeds `limit`.
+        budget = max(0, self.limit - 48)
+        return self.head[: budget // 2], self.tail[len(self.tail) - (budget - budget // 2) :]
 
     def render(self) -> str:
-        if not self.dropped:
-            return self.head + self.tail
-        return f"{self.head}\n[... {self.dropped:,} characters cut ...]\n{self.tail}"
+        head, tail = self._parts()
+        if self.total <= self.limit:
+            return head
+        return f"{head}\n[... {self.dropped:,} characters cut ...]\n{tail}"
 
 
 @dataclass

@@ -83,7 +83,10 @@ async def test_large_rpc_payload(box):
 
 async def test_output_is_bounded_with_a_count_of_what_was_cut(box):
     result = await box.execute("print('a' * 100_000)", max_output_chars=1000)
-    assert len(result.stdout) < 1100 and result.chars_cut == 100_001 - 1000
+    marker = f"\n[... {result.chars_cut:,} characters cut ...]\n"
+    assert marker in result.stdout and len(result.stdout) <= 1000
+    shown = len(result.stdout) - len(marker)
+    assert shown > 900 and result.chars_cut == 100_001 - shown  # every character is shown or counted
 
 
 async def test_user_expressions(box):
