@@ -17,6 +17,7 @@ from .controller import Controller
 from .errors import ConfigError, ContextLengthExceeded, ModelError, RLMError, ServerStartError
 from .serving import LlamaCppServer, VLLMServer
 from .trajectory import Result, Status, SubCall, Timings, TokenUsage, Turn, Usage
+from .training import Sample, TrainingRollout, rollout, rollout_group, to_samples
 
 __version__ = "0.1.0"
 
@@ -61,6 +62,6 @@ def run(
 
 __all__ = [
     "RLM", "ConfigError", "ContextLengthExceeded", "LlamaCppServer", "ModelError", "RLMConfig", "RLMError",
-    "Result", "ServerStartError", "VLLMServer",
+    "Result", "Sample", "ServerStartError", "TrainingRollout", "VLLMServer", "rollout", "rollout_group", "to_samples",
     "Status", "SubCall", "Timings", "TokenUsage", "Turn", "Usage", "arun", "run",
 ]

@@ -176,6 +176,7 @@ class Controller:
             messages.append(completion.as_message())
             turn = Turn(index=index, assistant=completion.content, usage=completion.usage,
                         tokens=completion.tokens, logprobs=completion.logprobs,
+                        prompt_ids=completion.prompt_ids, completion_ids=completion.completion_ids,
                         model_seconds=completion.latency)
             result.turns.append(turn)
             broker.turn = index

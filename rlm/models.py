@@ -30,6 +30,8 @@ class Completion:
     finish_reason: str | None = None
     tokens: list[str] | None = None
     logprobs: list[float] | None = None
+    prompt_ids: list[int] | None = None
+    completion_ids: list[int] | None = None
 
     def as_message(self) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": self.content}
@@ -95,6 +97,8 @@ class ModelClient:
         if choice.logprobs is not None and choice.logprobs.content is not None:
             tokens = [item.token for item in choice.logprobs.content]
             logprobs = [item.logprob for item in choice.logprobs.content]
+        # vLLM returns token ids when asked (extra_body={"return_token_ids": True}); the SDK keeps
+        # such extra fields on its models.
         return Completion(
             content=choice.message.content or "",
             tool_calls=tool_calls,
@@ -103,6 +107,8 @@ class ModelClient:
             finish_reason=choice.finish_reason,
             tokens=tokens,
             logprobs=logprobs,
+            prompt_ids=getattr(response, "prompt_token_ids", None) or getattr(choice, "prompt_token_ids", None),
+            completion_ids=getattr(choice, "token_ids", None),
         )
 
     async def close(self) -> None:

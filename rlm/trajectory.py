@@ -70,6 +70,8 @@ class Turn(BaseModel):
     usage: TokenUsage = Field(default_factory=TokenUsage)
     tokens: list[str] | None = None
     logprobs: list[float] | None = None
+    prompt_ids: list[int] | None = None
+    completion_ids: list[int] | None = None
     model_seconds: float = 0.0
     exec_seconds: float = 0.0
     duration: float = 0.0

@@ -159,14 +159,27 @@ def _completion(request: dict[str, Any], reply: Reply) -> tuple[int, dict[str, A
         "completion_tokens": len(content or "") // 4 + 1,
     }
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    extra: dict[str, Any] = {}
+    if request.get("return_token_ids"):
+        # A toy chat template, character-level: "<|role|>content<|end|>" per message, then the
+        # generation prompt. Like real templates, a later prompt extends an earlier one.
+        rendered = "".join(f"<|{m['role']}|>{m.get('content') or ''}<|end|>" for m in request["messages"])
+        extra["prompt_token_ids"] = [ord(c) for c in rendered + "<|assistant|>"]
+    choice_extra: dict[str, Any] = {}
+    if request.get("return_token_ids"):
+        choice_extra["token_ids"] = [ord(c) for c in (content or "") + "<|end|>"]
+    if request.get("logprobs"):
+        text = (content or "") + "<|end|>"
+        choice_extra["logprobs"] = {"content": [{"token": c, "logprob": -0.5, "bytes": None, "top_logprobs": []} for c in text]}
     return 200, {
         "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": request.get("model", "scripted"),
         "choices": [{"index": 0, "message": message,
-                     "finish_reason": "tool_calls" if spec.get("tool_calls") else "stop"}],
+                     "finish_reason": "tool_calls" if spec.get("tool_calls") else "stop", **choice_extra}],
         "usage": usage,
+        **extra,
     }
 
 

@@ -1,0 +1,102 @@
+"""Rollouts as RL training data: token ids, a loss mask over model-generated tokens only, the
+sampler's logprobs, the environment's reward; grouped rollouts with GRPO-style advantages.
+
+Token ids come from the server: vLLM returns them with `extra_body={"return_token_ids": True}`
+(prompt ids and completion ids per request). Turns are merged into one sequence while the chat
+template allows it (turn k+1's prompt ids begin with turn k's prompt and completion ids);
+where a template re-renders history (e.g. drops earlier reasoning), a new sequence starts, so
+no token is ever trained on under a context the model did not see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from pydantic import BaseModel, Field
+
+from .controller import Controller
+from .config import RLMConfig
+from .errors import RLMError
+from .trajectory import Result
+
+
+class Scored(Protocol):
+    """What a rollout needs of an environment (environments.Environment fits)."""
+
+    tips: str
+
+    async def ascore(self, task: Any, answer: str) -> Any: ...
+
+    def sub_tools(self, task: Any) -> list[Callable[..., Any]]: ...
+
+
+class Sample(BaseModel):
+    """One sequence to train on. `loss_mask` is 1 on tokens the model sampled, 0 on prompt,
+    system and REPL-output tokens; `logprobs` are the sampler's (0 where masked)."""
+
+    input_ids: list[int] = Field(default_factory=list)
+    loss_mask: list[int] = Field(default_factory=list)
+    logprobs: list[float] = Field(default_factory=list)
+
+
+class TrainingRollout(BaseModel):
+    task_id: str
+    seed: int | None = None
+    reward: float
+    metrics: dict[str, float] = Field(default_factory=dict)
+    advantage: float = 0.0
+    samples: list[Sample]
+    result: Result
+
+
+def to_samples(result: Result) -> list[Sample]:
+    """The root trajectory as token sequences with loss masks (see the module docstring)."""
+    samples: list[Sample] = []
+    current: Sample | None = None
+    for turn in result.turns:
+        if turn.prompt_ids is None or turn.completion_ids is None:
+            raise RLMError(f"turn {turn.index} has no token ids: the server must return them "
+                           "(vLLM: extra_body={'return_token_ids': True})")
+        completion = turn.completion_ids
+        logprobs = turn.logprobs if turn.logprobs and len(turn.logprobs) == len(completion) else [0.0] * len(completion)
+        if current is not None and turn.prompt_ids[: len(current.input_ids)] == current.input_ids:
+            added = turn.prompt_ids[len(current.input_ids):]  # the REPL's feedback: not trained on
+        else:
+            current, added = Sample(), turn.prompt_ids
+            samples.append(current)
+        current.input_ids += added + completion
+        current.loss_mask += [0] * len(added) + [1] * len(completion)
+        current.logprobs += [0.0] * len(added) + list(logprobs)
+    return samples
+
+
+async def rollout(
+    env: Scored, task: Any, *, model: str, base_url: str | None = None, seed: int | None = None,
+    tips: bool = False, include_sub_calls: bool = False, **settings: Any,
+) -> TrainingRollout:
+    """One RLM rollout of `task`, scored by `env`, as training data."""
+    extra_body = {"return_token_ids": True, **settings.pop("extra_body", {})}
+    if seed is not None:
+        extra_body["seed"] = seed
+    config = RLMConfig(model=model, base_url=base_url, logprobs=True, extra_body=extra_body,
+                       tips=env.tips if tips else None, sub_tools=env.sub_tools(task), **settings)
+    result = await Controller(config).run(task.prompt, task.data)
+    score = await env.ascore(task, result.answer)
+    samples = to_samples(result)
+    if not include_sub_calls:  # sub-LLM trajectories are off by default, as in verifiers
+        result = result.model_copy(update={"sub_calls": []})
+    return TrainingRollout(task_id=task.id, seed=seed, reward=score.reward, metrics=score.metrics,
+                           samples=samples, result=result)
+
+
+async def rollout_group(env: Scored, task: Any, n: int, *, seed: int = 0, **kwargs: Any) -> list[TrainingRollout]:
+    """`n` rollouts of one task (seeds seed..seed+n-1) with advantages (reward - mean) / std."""
+    group = await asyncio.gather(*(rollout(env, task, seed=seed + i, **kwargs) for i in range(n)))
+    rewards = [r.reward for r in group]
+    mean, spread = statistics.fmean(rewards), statistics.pstdev(rewards)
+    for r in group:
+        r.advantage = (r.reward - mean) / (spread + 1e-6)
+    return list(group)
