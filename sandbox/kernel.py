@@ -301,6 +301,7 @@ class KernelSandbox(Sandbox):
         connection_file.chmod(0o644)
         try:
             await self._launch_async(connection_file)
+            await self._wait_for_sockets(connection_file)
             self._session = KernelSession(connection_file)
             await self._session.wait_ready(self.startup_timeout, self._alive)
         except SandboxStartError as exc:
@@ -310,6 +311,23 @@ class KernelSandbox(Sandbox):
         except BaseException:
             await self._stop_kernel()
             raise
+
+    async def _wait_for_sockets(self, connection_file: Path) -> None:
+        """Wait until the kernel has bound all its IPC sockets.
+
+        Connecting earlier makes ZeroMQ retry each socket on its own timer, so the shell can be up
+        while stdin still is not: an input_request sent then is dropped and the cell never ends.
+        """
+        info = json.loads(connection_file.read_text())
+        paths = [Path(f"{info['ip']}-{info[name]}") for name in
+                 ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")]
+        deadline = time.monotonic() + self.startup_timeout
+        while not all(p.exists() for p in paths):
+            if not self._alive():
+                raise SandboxStartError("kernel process exited during start-up")
+            if time.monotonic() > deadline:
+                raise SandboxStartError(f"kernel did not open its sockets within {self.startup_timeout:.0f}s")
+            await asyncio.sleep(0.01)
 
     async def execute(
         self,
