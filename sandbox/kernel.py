@@ -43,9 +43,9 @@ _LOST_IDLE_GRACE = 2.0
 class KernelSession:
     """Messaging with one running kernel; knows nothing of how the kernel process lives."""
 
-    def __init__(self, connection_file: Path) -> None:
+    def __init__(self, connection_info: dict[str, Any]) -> None:
         self.client = AsyncKernelClient()
-        self.client.load_connection_file(str(connection_file))
+        self.client.load_connection_info(connection_info)
         self.client.start_channels()
 
     async def wait_ready(self, timeout: float, alive: Callable[[], bool]) -> None:
@@ -295,14 +295,15 @@ class KernelSandbox(Sandbox):
         self._launches += 1
         # A fresh IPC name per launch: a restarted kernel never meets its predecessor's sockets.
         connection_file = self.ipcdir / f"kernel-{self._launches}.json"
-        write_connection_file(
+        # Kept in memory: the kernel rewrites the file while starting, so reading it back races.
+        _, info = write_connection_file(
             str(connection_file), transport="ipc", ip=str(self.ipcdir / f"k{self._launches}")
         )
         connection_file.chmod(0o644)
         try:
             await self._launch_async(connection_file)
-            await self._wait_for_sockets(connection_file)
-            self._session = KernelSession(connection_file)
+            await self._wait_for_sockets(info)
+            self._session = KernelSession(info)
             await self._session.wait_ready(self.startup_timeout, self._alive)
         except SandboxStartError as exc:
             log = self._startup_log()
@@ -312,13 +313,12 @@ class KernelSandbox(Sandbox):
             await self._stop_kernel()
             raise
 
-    async def _wait_for_sockets(self, connection_file: Path) -> None:
+    async def _wait_for_sockets(self, info: dict[str, Any]) -> None:
         """Wait until the kernel has bound all its IPC sockets.
 
         Connecting earlier makes ZeroMQ retry each socket on its own timer, so the shell can be up
         while stdin still is not: an input_request sent then is dropped and the cell never ends.
         """
-        info = json.loads(connection_file.read_text())
         paths = [Path(f"{info['ip']}-{info[name]}") for name in
                  ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")]
         deadline = time.monotonic() + self.startup_timeout
