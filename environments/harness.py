@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 import rlm
 from rlm.errors import ModelError
+from rlm.config import RLMConfig
 from rlm.models import ModelClient
 from rlm.trajectory import Result, TokenUsage
 from sandbox import SandboxPool
@@ -185,9 +186,8 @@ async def evaluate(
     progress_line = _Progress(len(todo), progress)
     limit = asyncio.Semaphore(concurrency)
     write_lock = asyncio.Lock()
-    client = ModelClient(model, base_url=base_url, api_key=api_key,
-                         max_retries=settings.get("max_retries", 3),
-                         defaults={"max_tokens": settings.get("max_tokens"), "temperature": settings.get("temperature")})
+    # The llm mode's client is the rlm modes' root client: same endpoint, retries and sampling.
+    client = ModelClient.from_config(RLMConfig(model=model, base_url=base_url, api_key=api_key, **settings))
 
     async def one(env: Environment, mode: str, task: Task) -> Rollout:
         async with limit:

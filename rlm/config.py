@@ -68,13 +68,20 @@ class RLMConfig(BaseModel):
     def resolved_sub_model(self) -> str:
         return self.sub_model or self.model
 
+    def endpoint(self, role: Literal["root", "sub"]) -> tuple[str, str | None, str | None]:
+        """(model, base URL, API key) of a role; the sub role falls back to the root's."""
+        if role == "root":
+            return self.model, self.base_url, self.api_key
+        return self.resolved_sub_model, self.sub_base_url or self.base_url, self.sub_api_key or self.api_key
+
     def child(self) -> RLMConfig:
         """The configuration of a nested run spawned by llm_batch at depth > 1."""
+        model, base_url, api_key = self.endpoint("sub")
         return self.model_copy(
             update={
-                "model": self.resolved_sub_model,
-                "base_url": self.sub_base_url or self.base_url,
-                "api_key": self.sub_api_key or self.api_key,
+                "model": model,
+                "base_url": base_url,
+                "api_key": api_key,
                 "max_depth": self.max_depth - 1,
                 "pool": None,  # a nested run may sit on another loop turn; it starts its own sandbox
             }

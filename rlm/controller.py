@@ -97,9 +97,8 @@ class Controller:
         result = Result(model=config.model, sub_model=config.resolved_sub_model)
         started = time.monotonic()
         data_file = DataFile(data)
-        root = _client(config.model, config.base_url, config.api_key, config, logprobs=config.logprobs)
-        sub = _client(config.resolved_sub_model, config.sub_base_url or config.base_url,
-                      config.sub_api_key or config.api_key, config)
+        root = ModelClient.from_config(config, "root")
+        sub = ModelClient.from_config(config, "sub")
         broker = Broker(config, sub, result.usage, result.sub_calls, depth=self.depth,
                         spawn_child=self._spawn_child)
         try:
@@ -290,17 +289,6 @@ class Controller:
     async def _read_state(self, sandbox: Sandbox) -> dict[str, Any] | None:
         outcome = await sandbox.execute("", user_expressions=_STATE, timeout=self.config.exec_timeout)
         return _parse_state(outcome.expressions.get("state"))
-
-
-def _client(model: str, base_url: str | None, api_key: str | None, config: RLMConfig,
-            *, logprobs: bool = False) -> ModelClient:
-    defaults = {"temperature": config.temperature, "max_tokens": config.max_tokens, "extra_body": config.extra_body}
-    if logprobs:  # llama.cpp's server returns logprobs only when top_logprobs is set too
-        defaults.update(logprobs=True, top_logprobs=1)
-    return ModelClient(
-        model, base_url=base_url, api_key=api_key, timeout=config.request_timeout,
-        max_retries=config.max_retries, defaults=defaults,
-    )
 
 
 def _parse_state(raw: Any) -> dict[str, Any] | None:

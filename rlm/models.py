@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import openai
 from openai import AsyncOpenAI
 
 from .errors import ContextLengthExceeded, ModelError
 from .trajectory import TokenUsage
+
+if TYPE_CHECKING:
+    from .config import RLMConfig
 
 _CONTEXT_HINTS = ("context length", "context_length", "context window", "maximum context", "too many tokens")
 
@@ -59,6 +62,16 @@ class ModelClient:
         self._client = AsyncOpenAI(
             base_url=base_url, api_key=api_key or "EMPTY", timeout=timeout, max_retries=max_retries
         )
+
+    @classmethod
+    def from_config(cls, config: RLMConfig, role: Literal["root", "sub"] = "root") -> ModelClient:
+        """The client of one role of a run, with the run's timeouts, retries and sampling."""
+        model, base_url, api_key = config.endpoint(role)
+        defaults = {"temperature": config.temperature, "max_tokens": config.max_tokens, "extra_body": config.extra_body}
+        if role == "root" and config.logprobs:  # llama.cpp returns logprobs only with top_logprobs
+            defaults.update(logprobs=True, top_logprobs=1)
+        return cls(model, base_url=base_url, api_key=api_key, timeout=config.request_timeout,
+                   max_retries=config.max_retries, defaults=defaults)
 
     async def complete(
         self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None
