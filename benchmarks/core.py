@@ -7,7 +7,6 @@ shared 2-core machines are noisy, so read them as orders of magnitude.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import statistics
 import subprocess

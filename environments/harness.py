@@ -8,7 +8,6 @@ added to the system prompt).
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import sys
 import time
@@ -246,8 +245,8 @@ def summarize(rollouts: list[Rollout]) -> list[Row]:
         variance = sum((x - mean) ** 2 for x in rewards) / (count - 1) if count > 1 else 0.0
         rows.append(Row(
             environment=env, mode=mode, rollouts=count, reward_mean=mean, reward_stderr=math.sqrt(variance / count),
-            root_tokens=sum(r.root_usage.prompt_tokens + r.root_usage.completion_tokens for r in group) / count,
-            sub_tokens=sum(r.sub_usage.prompt_tokens + r.sub_usage.completion_tokens for r in group) / count,
+            root_tokens=sum(r.root_usage.total_tokens for r in group) / count,
+            sub_tokens=sum(r.sub_usage.total_tokens for r in group) / count,
             turns=sum(r.turns for r in group) / count, seconds=sum(r.seconds for r in group) / count,
             failures=sum(r.status == "error" for r in group),
         ))

@@ -22,7 +22,7 @@ from typing import Any, get_type_hints
 from .config import RLMConfig
 from .errors import RLMError
 from .models import ModelClient
-from .trajectory import Result, SubCall, TokenUsage, Usage
+from .trajectory import Result, SubCall, Usage
 
 #: Runs `prompt` as a nested RLM one level down; supplied by the controller for depth > 1.
 SpawnChild = Callable[[str], Awaitable[Result]]
@@ -126,11 +126,8 @@ class Broker:
         child = await self.spawn_child(prompt)
         record.child = child
         record.completion = child.answer
-        record.usage = TokenUsage(
-            prompt_tokens=child.usage.root.prompt_tokens + child.usage.sub.prompt_tokens,
-            completion_tokens=child.usage.root.completion_tokens + child.usage.sub.completion_tokens,
-            calls=child.usage.root.calls + child.usage.sub.calls,
-        )
+        record.usage.add(child.usage.root)
+        record.usage.add(child.usage.sub)
         self.usage.merge_child(child.usage)
         if child.status != "ready":
             record.error = f"nested run ended with status {child.status}: {child.error or ''}".rstrip(": ")

@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-import rlm
 from sandbox import SandboxPool
 from tests.conftest import ISOLATING, run_on, sandbox_processes
 from tests.scripted_server import fenced
