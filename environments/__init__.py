@@ -3,11 +3,15 @@
     import environments
     summary = environments.run_evaluation(["oolong", "niah"], model="qwen3-8b", base_url=URL, n=20)
     print(summary.table())
+
+With `verifiers` installed this package is also its taskset plug-in (`vf-eval environments`):
+see `verifiers_adapter`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from typing import Any
 
 from .base import Environment, Score, Task
@@ -33,3 +37,17 @@ __all__ = [
     "NeedleInAHaystack", "Oolong", "Rollout", "Score", "Summary", "Task", "VerbatimCopy", "evaluate",
     "run_evaluation",
 ]
+
+# Verifiers finds a plug-in's classes through `__all__`; they import verifiers, an optional
+# extra, so they are listed only when it is installed and imported only when asked for.
+_VERIFIERS_EXPORTS = ("RLMEnv", "RLMHarness", "RLMTaskset")
+if importlib.util.find_spec("verifiers") is not None:
+    __all__ += _VERIFIERS_EXPORTS
+
+
+def __getattr__(name: str) -> Any:
+    if name in _VERIFIERS_EXPORTS:
+        from . import verifiers_adapter
+
+        return getattr(verifiers_adapter, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

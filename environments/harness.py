@@ -78,15 +78,17 @@ class Summary(BaseModel):
         return "\n".join(lines)
 
 
-def resolve(environment: Environment | str) -> Environment:
+def environment_class(name: str) -> type[Environment]:
     from . import ENVIRONMENTS
 
-    if isinstance(environment, Environment):
-        return environment
     try:
-        return ENVIRONMENTS[environment]()
+        return ENVIRONMENTS[name]
     except KeyError:
-        raise ValueError(f"unknown environment {environment!r}; choose from {', '.join(ENVIRONMENTS)}") from None
+        raise ValueError(f"unknown environment {name!r}; choose from {', '.join(ENVIRONMENTS)}") from None
+
+
+def resolve(environment: Environment | str) -> Environment:
+    return environment if isinstance(environment, Environment) else environment_class(environment)()
 
 
 def _done(path: Path) -> dict[tuple[str, str, str], Rollout]:
@@ -129,7 +131,7 @@ class _Progress:
             print(line, file=sys.stderr, flush=True)
 
 
-async def _llm_rollout(env: Environment, task: Task, client: ModelClient) -> Result:
+async def llm_rollout(env: Environment, task: Task, client: ModelClient) -> Result:
     """The plain-LLM mode: one completion with the data in the prompt."""
     prompt = env.llm_prompt(task)
     result = Result(model=client.model, sub_model=client.model,
@@ -192,7 +194,7 @@ async def evaluate(
         async with limit:
             started = time.monotonic()
             if mode == "llm":
-                result = await _llm_rollout(env, task, client)
+                result = await llm_rollout(env, task, client)
             else:
                 result = await rlm.arun(
                     task.prompt, task.data, model=model, base_url=base_url, api_key=api_key,
