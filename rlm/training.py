@@ -41,6 +41,11 @@ class Sample(BaseModel):
     loss_mask: list[int] = Field(default_factory=list)
     logprobs: list[float] = Field(default_factory=list)
 
+    @property
+    def prompt_length(self) -> int:
+        """Tokens before the first sampled one: the prompt, for trainers that split prompt from completion."""
+        return self.loss_mask.index(1) if 1 in self.loss_mask else len(self.loss_mask)
+
 
 class TrainingRollout(BaseModel):
     task_id: str

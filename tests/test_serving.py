@@ -12,6 +12,8 @@ import urllib.request
 import pytest
 
 import rlm
+from environments import NeedleInAHaystack
+from rlm.errors import RLMError
 from rlm.serving import LlamaCppServer, ManagedServer, ServerStartError, VLLMServer, served_models
 from tests.conftest import run_on, sandbox_processes
 
@@ -135,6 +137,15 @@ async def test_rlm_run_end_to_end_on_the_tiny_model(tiny):
     assert result.usage.by_model[tiny.model_name].calls >= 2
     assert all(t.logprobs and len(t.logprobs) == len(t.tokens) for t in result.turns)
     assert all(lp <= 0 for t in result.turns for lp in t.logprobs)
+
+
+async def test_training_rollout_on_llama_cpp_names_the_missing_token_ids(tiny):
+    """llama.cpp returns logprobs but not the sampled ids: a rollout says so instead of guessing."""
+    env = NeedleInAHaystack(length=500)
+    with pytest.raises(RLMError, match="no token ids"):
+        await rlm.rollout(env, env.generate(1)[0], model=tiny.model_name, base_url=tiny.base_url, max_turns=1,
+                          max_tokens=40, timeout=300)
+    assert sandbox_processes() == []
 
 
 def test_stopped_server_leaves_no_process():

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
 import rlm
-from environments import NeedleInAHaystack
+from environments import MathPython, NeedleInAHaystack
 from rlm.trajectory import Result, Turn
 from tests.oracles import oracle_code
 from tests.scripted_server import fenced
@@ -25,6 +34,7 @@ async def test_rollout_turns_merge_into_one_masked_sequence(scripted):
     assert "persistent Python REPL" in masked and str(len(task.data)) in masked  # system, REPL output
     assert len(sample.logprobs) == len(sample.input_ids)
     assert all((lp == -0.5) == bool(m) for lp, m in zip(sample.logprobs, sample.loss_mask))
+    assert sample.prompt_length == len(out.result.turns[0].prompt_ids)
 
 
 def test_a_template_that_rewrites_history_starts_a_new_sequence():
@@ -46,3 +56,28 @@ async def test_group_advantages(scripted):
     assert sorted(r.reward for r in group) == [0.0, 0.0, 1.0, 1.0]
     assert sorted(round(r.advantage, 3) for r in group) == [-1.0, -1.0, 1.0, 1.0]
     assert sorted(r.seed for r in group) == [0, 1, 2, 3]
+
+
+def test_readme_grpo_example_runs(scripted, tmp_path):
+    """The README's GRPO block, run as written. The scripted policy solves every other rollout, with
+    replies of known length, so the printed loss is predictable: at ratio 1 it is minus the
+    token-weighted mean advantage, and each group of 4 holds two +1 and two -1 advantages."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    code = re.search(r"<!-- grpo-example -->\n```python\n(.*?)```", readme, re.S).group(1)
+    tasks = MathPython().generate(2, seed=0)
+    right = {task.prompt: fenced(oracle_code("math_python", task)) for task in tasks}
+    wrong = fenced("answer['content'] = 'no idea'\nanswer['ready'] = True")
+    solves = itertools.cycle([True, False])
+    server = scripted(lambda request: right[request["messages"][1]["content"]] if next(solves) else wrong)
+    script = tmp_path / "grpo.py"
+    script.write_text(code)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "RLM_MODEL": "policy", "RLM_BASE_URL": server.base_url})
+    assert done.returncode == 0, done.stderr[-3000:]
+    sequences, tokens, loss = re.fullmatch(
+        r"(\d+) sequences, (\d+) trained tokens, loss at the sampling policy (-?[\d.]+)\n", done.stdout).groups()
+    length = {reply: len(reply + "<|end|>") for reply in [*right.values(), wrong]}  # the toy template's ids
+    assert int(sequences) == 8 and len(server.root_requests) == 8
+    assert int(tokens) == sum(2 * (length[right[t.prompt]] + length[wrong]) for t in tasks)
+    expected = -sum(2 * (length[right[t.prompt]] - length[wrong]) for t in tasks) / int(tokens)
+    assert float(loss) == pytest.approx(expected, abs=1e-4)
