@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-SUITES = ("core", "sandboxes", "serving", "harness")
+SUITES = ("core", "sandboxes", "serving", "harness", "peers")
 
 
 def print_table(suite: str, report: dict[str, Any], targets: dict[str, tuple[str, str]]) -> None:
@@ -38,7 +38,10 @@ def main() -> None:
             parser.error(f"unknown suite {suite!r}; choose from {', '.join(SUITES)}")
         module = importlib.import_module(f"benchmarks.{suite}")
         report = asyncio.run(module.collect(args.quick))
-        print_table(suite, report, module.TARGETS)
+        if hasattr(module, "table"):
+            print(f"\n{suite}\n{module.table(report)}")
+        else:
+            print_table(suite, report, module.TARGETS)
         machine = {"python": platform.python_version(), "cpus": len(os.sched_getaffinity(0)),
                    "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
         path = args.out / f"{suite}.json"

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import openai
 from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletion
 
 from .errors import ContextLengthExceeded, ModelError
 from .trajectory import TokenUsage
@@ -78,14 +79,17 @@ class ModelClient:
     ) -> Completion:
         """One chat completion. Raises `ContextLengthExceeded` or `ModelError`."""
         params = dict(self.defaults)
-        extra_body = params.pop("extra_body", None) or None
+        extra_body = params.pop("extra_body", None) or {}
+        body = {"model": self.model, "messages": messages, **params, **extra_body}
         if tools:
-            params["tools"] = tools
+            body["tools"] = tools
         started = time.monotonic()
         try:
-            response = await self._client.chat.completions.create(
-                model=self.model, messages=messages, extra_body=extra_body, **params
-            )
+            # The SDK's `create` re-walks every message against its TypedDicts before sending: over
+            # a long run that costs more CPU than the request itself (cProfile: 69 ms of 95 ms per
+            # turn at 60 turns), and our bodies are plain JSON already. `post` keeps the SDK's
+            # transport, retries, errors and response model.
+            response = await self._client.post("/chat/completions", body=body, cast_to=ChatCompletion)
         except openai.BadRequestError as exc:
             text = str(exc).lower()
             if any(hint in text for hint in _CONTEXT_HINTS):

@@ -31,9 +31,9 @@ def fenced(*blocks: str, text: str = "Running code.") -> str:
     return text + "\n" + "\n".join(f"```python\n{block}\n```" for block in blocks)
 
 
-def is_root(request: dict[str, Any]) -> bool:
+def is_root(request: dict[str, Any], marker: str = ROOT_MARKER) -> bool:
     first = request["messages"][0]
-    return first.get("role") == "system" and ROOT_MARKER in (first.get("content") or "")
+    return first.get("role") == "system" and marker in (first.get("content") or "")
 
 
 def default_sub(request: dict[str, Any]) -> Reply:
@@ -54,12 +54,16 @@ class ScriptedServer:
         *,
         sub_latency: float = 0.0,
         root_latency: float = 0.0,
+        root_marker: str = ROOT_MARKER,
     ) -> None:
+        """`root_marker`: text of the root model's system prompt that tells root requests from
+        sub-calls (another library's prompt needs its own)."""
         self._root_queue = list(root) if not callable(root) else None
         self._root_fn = root if callable(root) else None
         self._sub = sub
         self.sub_latency = sub_latency
         self.root_latency = root_latency
+        self.root_marker = root_marker
         self.requests: list[dict[str, Any]] = []
         self.bodies: list[bytes] = []
         self.in_flight = 0
@@ -74,11 +78,11 @@ class ScriptedServer:
 
     @property
     def root_requests(self) -> list[dict[str, Any]]:
-        return [r for r in self.requests if is_root(r)]
+        return [r for r in self.requests if is_root(r, self.root_marker)]
 
     @property
     def sub_requests(self) -> list[dict[str, Any]]:
-        return [r for r in self.requests if not is_root(r)]
+        return [r for r in self.requests if not is_root(r, self.root_marker)]
 
     def __enter__(self) -> ScriptedServer:
         self._thread.start()
@@ -98,7 +102,7 @@ class ScriptedServer:
             return self._root_queue.pop(0)
 
     def respond(self, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        root = is_root(request)
+        root = is_root(request, self.root_marker)
         with self._lock:
             self.requests.append(request)
             if not root:
@@ -184,16 +188,18 @@ def _completion(request: dict[str, Any], reply: Reply) -> tuple[int, dict[str, A
 
 
 def main() -> None:
-    """`python -m tests.scripted_server ROOT_JSON [--sub-latency S]`: serve in a process of its
-    own (benchmarks use it so the server does not share the measured process's GIL)."""
+    """`python -m tests.scripted_server ROOT_JSON [--sub-latency S] [--root-marker TEXT]`: serve in
+    a process of its own (benchmarks use it so the server does not share the measured process's GIL)."""
     import argparse
     import sys
 
     parser = argparse.ArgumentParser()
     parser.add_argument("root_json", help="JSON list of root replies")
     parser.add_argument("--sub-latency", type=float, default=0.0)
+    parser.add_argument("--root-marker", default=ROOT_MARKER)
     args = parser.parse_args()
-    with ScriptedServer(json.loads(args.root_json), sub_latency=args.sub_latency) as server:
+    with ScriptedServer(json.loads(args.root_json), sub_latency=args.sub_latency,
+                        root_marker=args.root_marker) as server:
         print(server.base_url, flush=True)
         sys.stdin.read()  # serve until the parent closes our stdin
 
