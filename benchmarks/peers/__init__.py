@@ -1,7 +1,7 @@
 """Side by side with the peer RLM libraries on the same work: `python -m benchmarks peers`.
 
-Each peer is installed in a virtual environment of its own under `benchmarks/peers/.venvs/`
-(never into ours; `rlms` also imports as `rlm`). `driver.py` measures one library at one
+Each peer is installed in a virtual environment of its own under `~/.cache/rlm/peers/` (never
+into ours; `rlms` also imports as `rlm`). `driver.py` measures one library at one
 sandbox kind inside that environment, in a network namespace of its own that has only loopback,
 against the same scripted model server, each library fed its own protocol: our answer dict and
 ```python fences, rlms' ```repl fences and answer dict, dspy.RLM's chat-adapter fields and SUBMIT.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from typing import Any
 
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]
-VENVS = HERE / ".venvs"
+VENVS = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rlm" / "peers"
 
 #: Each peer's pinned distribution (one resolver run each, in its own environment).
 PEERS = {"rlms": "rlms[ipython]==0.1.3", "dspy": "dspy[deno]==3.4.1"}
@@ -45,16 +46,20 @@ NOT_RUN = {
 }
 REFERENCE = ("ours", "unsafe-local")
 
-#: (measure, figure, lower is better) for the table and the ratios.
+#: (measure, figure, column heading) for the table and the ratios; lower is better for all.
 FIGURES = [
-    ("start", "p50_s", "REPL start, p50 s"),
-    ("round_trip", "p50_ms", "execute round trip, p50 ms"),
-    ("batch64", "batch64_s", "64 batched sub-calls at 100 ms, s"),
-    ("batch64", "ratio", "  ... over 1 sub-call"),
-    ("turn", "per_turn_ms", "per turn (model + execute + loop), ms"),
-    ("context_100mb", "seconds", "100 MB context run, s"),
-    ("context_100mb", "peak_rss_mb", "  ... peak RSS, MB"),
+    ("start", "p50_s", "start s"),
+    ("round_trip", "p50_ms", "exec ms"),
+    ("batch64", "batch64_s", "64 subs s"),
+    ("batch64", "ratio", "64/1"),
+    ("turn", "per_turn_ms", "turn ms"),
+    ("context_100mb", "seconds", "100MB s"),
+    ("context_100mb", "peak_rss_mb", "peak MB"),
 ]
+LEGEND = """start: REPL start to first statement run, p50. exec: `x = 1` round trip, p50. 64 subs: 64 batched
+sub-calls at 100 ms each, and that over 1 sub-call. turn: one trivial turn (model request + execution +
+the library's loop). 100MB: a run over a 100 MB context, and the peak RSS of the host process tree
+(ours[docker]'s kernel lives in its container, outside that tree). (x): over ours[unsafe-local]."""
 TARGETS: dict[str, tuple[str, str]] = {}
 
 
@@ -121,30 +126,25 @@ def ratios(report: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 def table(report: dict[str, Any]) -> str:
     runs = [name for name, entry in report.items() if "results" in entry]
-    width = 16
-    lines = [f"{'':40}" + "".join(f"{name:>{width}}" for name in runs)]
-    for measure, key, label in FIGURES:
+    first = max(len(name) for name in runs) + 2
+    lines = [f"{'':{first}}" + "".join(f"{label:>18}" for _, _, label in FIGURES) + "  answer"]
+    for name in runs:
         cells = []
-        for name in runs:
+        for measure, key, _ in FIGURES:
             value = figure(report[name], measure, key)
             ratio = report["ratios"][name].get(f"{measure}.{key}")
-            cells.append(f"{'failed' if value is None else f'{value:.3g}':>{width - 8}}"
-                         + (f" ({ratio:.2g}x)" if ratio is not None else "").rjust(8))
-        lines.append(f"{label:40}" + "".join(cells))
-    answers = {name: report[name]["results"].get("correctness", {}).get("answer") for name in runs}
-    agreed = len({a for a in answers.values() if a is not None}) == 1
-    lines.append(f"{'same answer to the scripted program':40}"
-                 + "".join(f"{(a if a is not None else 'failed'):>{width}}" for a in answers.values()))
-    lines.append(f"(x): over ours[{REFERENCE[1]}]; answers {'agree' if agreed else 'DIFFER'}")
+            cells.append("failed" if value is None else f"{value:.3g}" + (f" ({ratio:.2g}x)" if ratio is not None else ""))
+        answer = report[name]["results"].get("correctness", {}).get("answer") or "failed"
+        lines.append(f"{name:{first}}" + "".join(f"{cell:>18}" for cell in cells) + f"  {answer}")
+    answers = {report[n]["results"].get("correctness", {}).get("answer") for n in runs} - {None}
+    lines += [LEGEND, f"The runs that finished gave {'the same answer' if len(answers) == 1 else 'DIFFERENT answers'}."]
     for name, entry in report.items():
-        if name == "ratios":
-            continue
         failures = {m: r["error"] for m, r in entry.get("results", {}).items() if "error" in r}
         if "not_run" in entry:
             lines.append(f"{name}: not run: {entry['not_run']}")
         elif "error" in entry:
             lines.append(f"{name}: {entry['error']}")
         elif failures:
-            first = next(iter(failures.values()))
-            lines.append(f"{name}: failed {', '.join(failures)}: {first}")
+            reason = re.sub(r"\x1b\[[0-9;]*m", "", next(iter(failures.values()))).splitlines()[0]
+            lines.append(f"{name}: failed {', '.join(failures)}: {reason}")
     return "\n".join(lines)
