@@ -22,6 +22,7 @@ import verifiers.v1 as vf
 from pydantic import Field
 from verifiers.v1.configs.client import resolve_api_key
 
+from rlm import RLM
 from rlm.config import RLMConfig
 from rlm.models import ModelClient
 from rlm.trajectory import Result
@@ -128,8 +129,6 @@ class RLMHarness(vf.Harness[RLMHarnessConfig]):
             finally:
                 await client.close()
         else:
-            from rlm import RLM
-
             result = await RLM(config).arun(task.prompt, task.data)
         record(trace, result, counted_in_trace=not sub)
         if result.status == "error":
