@@ -1,5 +1,5 @@
-"""The peer benchmark's one program, rendered in each library's protocol: what their parsers
-expect (checked against the libraries when the benchmark runs), fixed here so a change shows."""
+"""The peer benchmark's programs, rendered in each library's protocol: what their parsers expect
+(checked against the libraries whenever the benchmark runs), fixed here so a change shows."""
 
 from __future__ import annotations
 
@@ -7,17 +7,20 @@ import pytest
 
 from benchmarks.peers.adapters import ADAPTERS
 
-PROGRAM = "r = {batch}(['a'])\nFINISH(f'{len(r)}')"
+FENCES = [("ours", "```python\n"), ("rlms", "```repl\n"), ("dspy", "[[ ## code ## ]]\n```python\n")]
+FINISHED = {
+    "ours": "r = llm_batch(['a'])\nanswer['content'] = str(f'{len(r)}')\nanswer['ready'] = True",
+    "rlms": "r = llm_query_batched(['a'])\nanswer['content'] = str(f'{len(r)}')\nanswer['ready'] = True",
+    "dspy": "r = llm_query_batched(['a'])\nSUBMIT(answer=str(f'{len(r)}'))",
+}
 
 
-@pytest.mark.parametrize(
-    ("library", "fence", "code"),
-    [
-        ("ours", "```python\n", "r = llm_batch(['a'])\nanswer['content'] = str(f'{len(r)}')\nanswer['ready'] = True"),
-        ("rlms", "```repl\n", "r = llm_query_batched(['a'])\nanswer['content'] = str(f'{len(r)}')\nanswer['ready'] = True"),
-        ("dspy", "[[ ## code ## ]]\n```python\n", "r = llm_query_batched(['a'])\nSUBMIT(answer=str(f'{len(r)}'))"),
-    ],
-)
-def test_program_in_each_protocol(library, fence, code):
-    reply = ADAPTERS[library]("any").step(PROGRAM)
-    assert fence + code + "\n```" in reply
+@pytest.mark.parametrize(("library", "fence"), FENCES)
+def test_batched_call_and_finish_in_each_protocol(library, fence):
+    reply = ADAPTERS[library]("any").step("r = {batch}(['a'])\nFINISH(f'{len(r)}')")
+    assert fence + FINISHED[library] + "\n```" in reply
+
+
+@pytest.mark.parametrize(("library", "fence"), FENCES)
+def test_a_step_without_finish_runs_as_written(library, fence):
+    assert fence + "x = 1\n```" in ADAPTERS[library]("any").step("x = 1")

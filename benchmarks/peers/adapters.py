@@ -24,9 +24,10 @@ class Adapter:
         self.kind = kind
 
     def code(self, program: str) -> str:
-        body, _, finish = program.rpartition("FINISH(")
-        code = body.replace("{batch}", self.batch)
-        return code + self.finish(finish[:-1]) if finish else code
+        body, found, finish = program.rpartition("FINISH(")
+        if not found:
+            return program.replace("{batch}", self.batch)
+        return body.replace("{batch}", self.batch) + self.finish(finish[:-1])
 
     def finish(self, expr: str) -> str:
         return f"answer['content'] = str({expr})\nanswer['ready'] = True"

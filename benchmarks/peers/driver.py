@@ -146,16 +146,13 @@ def measure_batch(adapter: Adapter, args: argparse.Namespace) -> dict[str, float
 
 
 def measure_turns(adapter: Adapter, args: argparse.Namespace) -> dict[str, float]:
-    """Trivial turns: model request + execution + the library's own work, per turn. A one-turn run
-    is subtracted (REPL start and teardown); the median of repeated pairs damps this machine's noise."""
+    """Trivial turns: model request + execution + the library's own work, per turn. The REPL
+    stamps each turn's start, so REPL start and teardown stay out of the figure."""
     turns = 10 if args.quick else 30
-    per_turn = []
-    for _ in range(1 if args.quick else 3):
-        answer, seconds = run_program(adapter, args, ["x = 1"] * (turns - 1) + ["FINISH('done')"], "data")
-        assert answer == "done", answer
-        _, one_turn = run_program(adapter, args, ["FINISH('done')"], "data")
-        per_turn.append((seconds - one_turn) / (turns - 1))
-    return {"per_turn_ms": statistics.median(per_turn) * 1e3, "turns": turns}
+    steps = (["import time\nticks = [time.perf_counter()]"] + ["ticks.append(time.perf_counter())"] * (turns - 2)
+             + ["ticks.append(time.perf_counter())\nFINISH((ticks[-1] - ticks[0]) / (len(ticks) - 1))"])
+    answer, _ = run_program(adapter, args, steps, "data")
+    return {"per_turn_ms": float(answer) * 1e3, "turns": turns}
 
 
 def measure_context(adapter: Adapter, args: argparse.Namespace) -> dict[str, float]:
