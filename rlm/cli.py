@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import os
@@ -53,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--concurrency", type=int, default=16, help="rollouts at a time")
     evaluate.add_argument("--out", type=Path, default=Path("results"), help="results.jsonl, trajectories, summary")
+    evaluate.add_argument("--option", action="append", default=[], metavar="ENV.KEY=VALUE",
+                          help="an environment's constructor option, e.g. oolong.context_tokens=8000 (repeatable)")
     evaluate.add_argument("--sandbox", default="local", choices=BACKENDS)
     evaluate.add_argument("--max-turns", type=int, default=20)
     evaluate.add_argument("--max-tokens", type=int, help="per completion")
@@ -159,12 +162,37 @@ async def _eval(args: argparse.Namespace) -> int:
         if not model:
             raise ConfigError("no model given: pass --model or set RLM_MODEL")
         summary = await environments.evaluate(
-            args.environments, model=model, base_url=base_url, modes=args.mode.split(","), n=args.n,
+            _environments(args.environments, args.option), model=model, base_url=base_url,
+            modes=args.mode.split(","), n=args.n,
             seed=args.seed, concurrency=args.concurrency, out=args.out, **settings,
         )
     print(summary.table())
     print(f"results: {summary.results_path}")
     return 0
+
+
+def _environments(names: list[str], options: list[str]) -> list[Any]:
+    """Environment instances built with the `--option ENV.KEY=VALUE` settings (values read as
+    JSON where they parse, else as text)."""
+    from environments.harness import environment_class
+
+    settings: dict[str, dict[str, Any]] = {}
+    for option in options:
+        target, has_value, value = option.partition("=")
+        name, _, key = target.partition(".")
+        if not (has_value and key and name in names):
+            raise ConfigError(f"--option {option!r}: expected ENV.KEY=VALUE for one of {', '.join(names)}")
+        try:
+            settings.setdefault(name, {})[key] = json.loads(value)
+        except ValueError:
+            settings[name][key] = value
+    built = []
+    for name in names:
+        try:
+            built.append(environment_class(name)(**settings.get(name, {})))
+        except TypeError as exc:
+            raise ConfigError(f"--option for {name}: {exc}") from None
+    return built
 
 
 def _sandbox(args: argparse.Namespace) -> int:

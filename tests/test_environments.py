@@ -247,13 +247,19 @@ def test_rlm_eval_cli(scripted, tmp_path):
     server = scripted([fenced("answer['content'] = 'x'; answer['ready'] = True")] * 2, sub=lambda r: "nothing")
     proc = subprocess.run(
         [sys.executable, "-m", "rlm.cli", "eval", "niah", "--model", "m", "--base-url", server.base_url,
-         "--mode", "llm,rlm", "-n", "2", "--out", str(tmp_path)],
+         "--mode", "llm,rlm", "-n", "2", "--out", str(tmp_path), "--option", "niah.length=3000"],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert "niah" in proc.stdout and "reward" in proc.stdout
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 4
     assert len(list((tmp_path / "trajectories" / "niah").rglob("*.json"))) == 4
+    inline = [r["messages"][-1]["content"] for r in server.sub_requests]  # the llm mode's prompts
+    assert len(inline) == 2 and all(3000 <= len(p) < 3500 for p in inline), [len(p) for p in inline]
+
+    bad = subprocess.run([sys.executable, "-m", "rlm.cli", "eval", "niah", "--model", "m", "--option", "niah.nope=1"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--option for niah" in bad.stderr and "nope" in bad.stderr
 
 
 def test_parquet_rows_load_like_jsonl(tmp_path):
