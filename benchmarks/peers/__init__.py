@@ -58,7 +58,7 @@ FIGURES = [
 ]
 LEGEND = """start: REPL start to first statement run, p50. exec: `x = 1` round trip, p50. 64 subs: 64 batched
 sub-calls at 100 ms each, and that over 1 sub-call. turn: one trivial turn (model request + execution +
-the library's loop). 100MB: a run over a 100 MB context, and the peak RSS of the host process tree
+the library's loop), averaged over a 30-turn run (10 with --quick). 100MB: a run over a 100 MB context, and the peak RSS of the host process tree
 (ours[docker]'s kernel lives in its container, outside that tree). (x): over ours[unsafe-local]."""
 TARGETS: dict[str, tuple[str, str]] = {}
 

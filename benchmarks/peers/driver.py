@@ -63,11 +63,10 @@ def scripted_server(args: argparse.Namespace, replies: list[str]) -> Iterator[tu
         server.wait(timeout=30)
 
 
-def run_program(adapter: Adapter, args: argparse.Namespace, steps: list[str], context: str) -> tuple[str, float]:
+def run_program(adapter: Adapter, args: argparse.Namespace, steps: list[str], context: str) -> str:
+    """The library's answer after a whole run of the scripted `steps`."""
     with scripted_server(args, [adapter.step(step) for step in steps]) as (url, _):
-        started = time.perf_counter()
-        answer = adapter.run(url, "Answer the question about the context.", context, turns=len(steps) + 1)
-        return answer, time.perf_counter() - started
+        return adapter.run(url, "Answer the question about the context.", context, turns=len(steps) + 1)
 
 
 def _tree_rss(root: int, skip: set[int]) -> int:
@@ -140,7 +139,7 @@ def measure_round_trip(adapter: Adapter, args: argparse.Namespace) -> dict[str, 
 
 
 def measure_batch(adapter: Adapter, args: argparse.Namespace) -> dict[str, float]:
-    answer, _ = run_program(adapter, args, [BATCH], "data")
+    answer = run_program(adapter, args, [BATCH], "data")
     one, many = map(float, answer.split())
     return {"one_call_s": one, "batch64_s": many, "ratio": many / one}
 
@@ -151,7 +150,7 @@ def measure_turns(adapter: Adapter, args: argparse.Namespace) -> dict[str, float
     turns = 10 if args.quick else 30
     steps = (["import time\nticks = [time.perf_counter()]"] + ["ticks.append(time.perf_counter())"] * (turns - 2)
              + ["ticks.append(time.perf_counter())\nFINISH((ticks[-1] - ticks[0]) / (len(ticks) - 1))"])
-    answer, _ = run_program(adapter, args, steps, "data")
+    answer = run_program(adapter, args, steps, "data")
     return {"per_turn_ms": float(answer) * 1e3, "turns": turns}
 
 
@@ -168,7 +167,7 @@ def measure_context(adapter: Adapter, args: argparse.Namespace) -> dict[str, flo
 
 
 def measure_correctness(adapter: Adapter, args: argparse.Namespace) -> dict[str, Any]:
-    answer, _ = run_program(adapter, args, ["print(len(context))", CORRECTNESS], NEEDLES)
+    answer = run_program(adapter, args, ["print(len(context))", CORRECTNESS], NEEDLES)
     return {"answer": answer}
 
 
