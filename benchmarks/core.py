@@ -7,7 +7,6 @@ shared 2-core machines are noisy, so read them as orders of magnitude.
 
 from __future__ import annotations
 
-import json
 import statistics
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from typing import Any
 
 import rlm
 from sandbox import create_sandbox
-from tests.scripted_server import ScriptedServer, fenced
+from tests.scripted_server import ScriptedServer, ServerProcess, fenced
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -55,17 +54,9 @@ async def batch_ratio(latency: float = 0.1) -> dict[str, float]:
         "t = time.perf_counter(); llm_batch([str(i) for i in range(64)]); many = time.perf_counter() - t\n"
         "answer['content'] = f'{one} {many}'; answer['ready'] = True"
     )
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tests.scripted_server", json.dumps([fenced(code)]), "--sub-latency", str(latency)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        base_url = server.stdout.readline().strip()
-        result = await rlm.arun("bench", "data", model="bench", base_url=base_url,
+    with ServerProcess([fenced(code)], sub_latency=latency) as server:
+        result = await rlm.arun("bench", "data", model="bench", base_url=server.base_url,
                                 max_sub_concurrency=64, max_retries=0)
-    finally:
-        server.stdin.close()
-        server.wait(timeout=10)
     one, many = map(float, result.answer.split())
     return {"one_call_s": one, "batch64_s": many, "ratio": many / one}
 

@@ -4,16 +4,13 @@ The `rlm` row adds a sandbox per rollout. Run with `python -m benchmarks harness
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import tempfile
 import time
 from typing import Any
 
 import environments
 from environments import Environment, Score, Task
-from tests.scripted_server import fenced
+from tests.scripted_server import ServerProcess, fenced
 
 LATENCY = 0.1
 TARGETS: dict[str, tuple[str, str]] = {"llm[200 rollouts]": ("ratio_to_ideal", "close to 1")}
@@ -31,21 +28,12 @@ class Trivial(Environment):
 
 async def _run(mode: str, rollouts: int, concurrency: int) -> dict[str, float]:
     replies = [fenced("answer['content'] = str(context); answer['ready'] = True")] * rollouts
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tests.scripted_server", json.dumps(replies), "--sub-latency", str(LATENCY)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        base_url = server.stdout.readline().strip()
-        with tempfile.TemporaryDirectory() as out:
-            started = time.perf_counter()
-            summary = await environments.evaluate([Trivial()], model="bench", base_url=base_url, modes=[mode],
-                                                  n=rollouts, concurrency=concurrency, out=out, progress=False,
-                                                  max_retries=0)
-            wall = time.perf_counter() - started
-    finally:
-        server.stdin.close()
-        server.wait(timeout=10)
+    with ServerProcess(replies, sub_latency=LATENCY) as server, tempfile.TemporaryDirectory() as out:
+        started = time.perf_counter()
+        summary = await environments.evaluate([Trivial()], model="bench", base_url=server.base_url, modes=[mode],
+                                              n=rollouts, concurrency=concurrency, out=out, progress=False,
+                                              max_retries=0)
+        wall = time.perf_counter() - started
     # In llm mode each rollout is one request at LATENCY; in rlm mode the root request is instant.
     ideal = rollouts * LATENCY / concurrency if mode == "llm" else 0.0
     row = {"wall_s": wall, "ideal_s": ideal, "per_rollout_ms": wall / rollouts * 1e3,

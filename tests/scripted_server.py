@@ -7,11 +7,14 @@ It stands in for a capable model in tests and benchmarks; it is a fixture, never
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 #: A reply: assistant text, or a dict with any of content / tool_calls / status / error / usage.
@@ -187,11 +190,33 @@ def _completion(request: dict[str, Any], reply: Reply) -> tuple[int, dict[str, A
     }
 
 
+class ServerProcess:
+    """A `ScriptedServer` in a process of its own, so it shares no interpreter lock with what a
+    benchmark measures. `python` may be another environment's interpreter: this module needs only
+    the standard library."""
+
+    def __init__(self, root: list[Reply], *, sub_latency: float = 0.0, root_marker: str = ROOT_MARKER,
+                 python: str = sys.executable) -> None:
+        self.command = [python, "-m", "tests.scripted_server", json.dumps(root), "--sub-latency", str(sub_latency),
+                        "--root-marker", root_marker]
+        self.base_url = ""
+        self.pid = 0
+
+    def __enter__(self) -> ServerProcess:
+        self._process = subprocess.Popen(self.command, cwd=Path(__file__).parents[1], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, text=True)
+        self.base_url, self.pid = self._process.stdout.readline().strip(), self._process.pid
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._process.stdin.close()  # the server's signal to stop
+        self._process.wait(timeout=30)
+
+
 def main() -> None:
-    """`python -m tests.scripted_server ROOT_JSON [--sub-latency S] [--root-marker TEXT]`: serve in
-    a process of its own (benchmarks use it so the server does not share the measured process's GIL)."""
+    """`python -m tests.scripted_server ROOT_JSON [--sub-latency S] [--root-marker TEXT]`: what
+    `ServerProcess` runs."""
     import argparse
-    import sys
 
     parser = argparse.ArgumentParser()
     parser.add_argument("root_json", help="JSON list of root replies")

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import functools
+import importlib.util
 import json
 import os
 import socket
 import statistics
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -48,25 +49,26 @@ def loopback_up() -> None:
         fcntl.ioctl(s, siocsifflags, struct.pack("16sH", b"lo", flags | iff_up))
 
 
-@contextmanager
-def scripted_server(args: argparse.Namespace, replies: list[str]) -> Iterator[tuple[str, int]]:
-    """The server's base URL and pid."""
-    server = subprocess.Popen(
-        [args.server_python, "-m", "tests.scripted_server", json.dumps(replies), "--sub-latency", str(SUB_LATENCY),
-         "--root-marker", "REPL"],
-        cwd=args.repo, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        yield server.stdout.readline().strip(), server.pid
-    finally:
-        server.stdin.close()
-        server.wait(timeout=30)
+@functools.cache
+def _scripted_server(repo: str) -> Any:
+    """Our scripted server's module, loaded by path: it needs only the standard library, and our
+    repo stays off `sys.path`, where our `rlm` would shadow rlms'."""
+    spec = importlib.util.spec_from_file_location("scripted_server", Path(repo) / "tests" / "scripted_server.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def server(args: argparse.Namespace, replies: list[str]) -> Any:
+    """Our scripted server, in a process of its own run by our interpreter."""
+    return _scripted_server(args.repo).ServerProcess(replies, sub_latency=SUB_LATENCY, root_marker="REPL",
+                                                     python=args.server_python)
 
 
 def run_program(adapter: Adapter, args: argparse.Namespace, steps: list[str], context: str) -> str:
     """The library's answer after a whole run of the scripted `steps`."""
-    with scripted_server(args, [adapter.step(step) for step in steps]) as (url, _):
-        return adapter.run(url, "Answer the question about the context.", context, turns=len(steps) + 1)
+    with server(args, [adapter.step(step) for step in steps]) as model:
+        return adapter.run(model.base_url, "Answer the question about the context.", context, turns=len(steps) + 1)
 
 
 def _tree_rss(root: int, skip: set[int]) -> int:
@@ -157,10 +159,10 @@ def measure_turns(adapter: Adapter, args: argparse.Namespace) -> dict[str, float
 def measure_context(adapter: Adapter, args: argparse.Namespace) -> dict[str, float]:
     size = 100 * 2**20
     context = ("hay " * (size // 4 + 1))[:size]
-    with scripted_server(args, [adapter.step("FINISH(len(context))")]) as (url, server):
-        with peak_memory(skip={server}) as peak:
+    with server(args, [adapter.step("FINISH(len(context))")]) as model:
+        with peak_memory(skip={model.pid}) as peak:
             started = time.perf_counter()
-            answer = adapter.run(url, "How long is the context?", context, turns=2)
+            answer = adapter.run(model.base_url, "How long is the context?", context, turns=2)
             seconds = time.perf_counter() - started
     assert answer == str(size), answer[:200]
     return {"seconds": seconds, "peak_rss_mb": peak["bytes"] / 2**20}
