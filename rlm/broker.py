@@ -163,7 +163,6 @@ class Broker:
             return f"error: {type(exc).__name__}: {exc}"
         return value if isinstance(value, str) else json.dumps(value, default=str)
 
-
     async def _pip_install(self, packages: Any) -> dict[str, Any]:
         """Download wheels on the host (cached), copy them into the sandbox's work dir."""
         allowed = self.config.allow_pip
@@ -176,9 +175,9 @@ class Broker:
             match = _REQUIREMENT.match(requirement.strip())
             if match is None:
                 return _error(f"not a plain requirement: {requirement!r}")
-            names.append(match.group(1).lower().replace("_", "-"))
+            names.append(_package_name(match.group(1)))
         if isinstance(allowed, list):
-            permitted = {name.lower().replace("_", "-") for name in allowed}
+            permitted = {_package_name(name) for name in allowed}
             refused = [n for n in names if n not in permitted]
             if refused:
                 return _error(f"not allowed in this run: {', '.join(refused)} (allowed: {', '.join(sorted(permitted))})")
@@ -207,6 +206,11 @@ class Broker:
             (target / wheel.name).chmod(0o644)
             copied.append(str(target / wheel.name))
         return {"ok": True, "result": copied}
+
+
+def _package_name(name: str) -> str:
+    """The form a requirement's name and the allow list are compared in."""
+    return name.lower().replace("_", "-")
 
 
 def _error(message: str) -> dict[str, Any]:
