@@ -322,11 +322,15 @@ class KernelSandbox(Sandbox):
         paths = [Path(f"{info['ip']}-{info[name]}") for name in
                  ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")]
         deadline = time.monotonic() + self.startup_timeout
+        checked = 0.0
         while not all(p.exists() for p in paths):
-            if not self._alive():
-                raise SandboxStartError("kernel process exited during start-up")
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise SandboxStartError(f"kernel did not open its sockets within {self.startup_timeout:.0f}s")
+            if now - checked >= _POLL_SECONDS:  # `_alive` may be a round trip to the Docker engine
+                if not self._alive():
+                    raise SandboxStartError("kernel process exited during start-up")
+                checked = now
             await asyncio.sleep(0.01)
 
     async def execute(
