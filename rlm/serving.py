@@ -75,9 +75,13 @@ class ManagedServer(abc.ABC):
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
 
+    @property
+    def health_url(self) -> str:
+        return f"http://{self.host}:{self.port}{self.health_path}"
+
     def start(self) -> ManagedServer:
         """Start the server (or adopt one already answering at the URL) and wait until ready."""
-        if self.port and _answers(f"http://{self.host}:{self.port}{self.health_path}"):
+        if self.port and _answers(self.health_url):
             self.reused = True
             log.info("reusing the server already answering at %s", self.base_url)
             return self
@@ -105,7 +109,6 @@ class ManagedServer(abc.ABC):
             log.debug("%s", line.rstrip())
 
     def _wait_ready(self) -> None:
-        url = f"http://{self.host}:{self.port}{self.health_path}"
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             code = None if self._process is None else self._process.poll()
@@ -113,12 +116,12 @@ class ManagedServer(abc.ABC):
                 self._log_thread.join(timeout=2)  # the pipe closed: let the last lines arrive
                 self.stop()
                 raise ServerStartError(f"the server exited with {code} during start-up:\n{self.log_tail()}")
-            if _answers(url, timeout=1.0):
+            if _answers(self.health_url, timeout=1.0):
                 log.info("ready at %s", self.base_url)
                 return
             time.sleep(0.25)
         self.stop()
-        raise ServerStartError(f"the server did not answer {url} within {self.startup_timeout:g}s:\n{self.log_tail()}")
+        raise ServerStartError(f"the server did not answer {self.health_url} within {self.startup_timeout:g}s:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(list(self.log_lines)[-lines:])
