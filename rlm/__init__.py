@@ -16,7 +16,7 @@ from .config import RLMConfig
 from .controller import Controller
 from .errors import ConfigError, ContextLengthExceeded, ModelError, RLMError, ServerStartError
 from .serving import LlamaCppServer, VLLMServer
-from .trajectory import Result, Status, SubCall, Timings, TokenUsage, Turn, Usage
+from .trajectory import Event, Result, Status, SubCall, Timings, TokenUsage, Turn, Usage
 from .training import Sample, TrainingRollout, rollout, rollout_group, to_samples
 
 __version__ = "0.1.0"
@@ -63,5 +63,5 @@ def run(
 __all__ = [
     "RLM", "ConfigError", "ContextLengthExceeded", "LlamaCppServer", "ModelError", "RLMConfig", "RLMError",
     "Result", "Sample", "ServerStartError", "TrainingRollout", "VLLMServer", "rollout", "rollout_group", "to_samples",
-    "Status", "SubCall", "Timings", "TokenUsage", "Turn", "Usage", "arun", "run",
+    "Event", "Status", "SubCall", "Timings", "TokenUsage", "Turn", "Usage", "arun", "run",
 ]

@@ -12,12 +12,13 @@ import inspect
 import json
 import os
 import re
-import shutil
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, get_type_hints
+
+from sandbox import Delivery
 
 from .config import RLMConfig
 from .errors import RLMError
@@ -27,7 +28,6 @@ from .trajectory import Result, SubCall, Usage
 #: Runs `prompt` as a nested RLM one level down; supplied by the controller for depth > 1.
 SpawnChild = Callable[[str], Awaitable[Result]]
 
-MAX_PROMPTS_PER_BATCH = 10_000
 #: A requirement as pip_install accepts it: a name, extras, version clauses; never an option.
 _REQUIREMENT = re.compile(
     r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[A-Za-z0-9,._-]+\])?([<>=!~]=?[A-Za-z0-9.*+!_-]+(,[<>=!~]=?[A-Za-z0-9.*+!_-]+)*)?$"
@@ -74,7 +74,8 @@ class Broker:
         self.depth = depth
         self.spawn_child = spawn_child
         self.turn = 0
-        self.workdir: Path | None = None  # the sandbox's work dir, where pip_install puts wheels
+        #: Makes a new read-only directory in the sandbox for delivered wheels.
+        self.delivery: Callable[[], Delivery] | None = None
         self.calls_used = 0
         self.refused = False
         self._limit = asyncio.Semaphore(config.max_sub_concurrency)
@@ -91,8 +92,11 @@ class Broker:
         prompts = request.get("prompts")
         if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
             return _error("llm_batch needs a list of strings")
-        if len(prompts) > MAX_PROMPTS_PER_BATCH:
-            return _error(f"llm_batch takes at most {MAX_PROMPTS_PER_BATCH} prompts per call")
+        if len(prompts) > self.config.max_batch_prompts:
+            return _error(f"llm_batch takes at most {self.config.max_batch_prompts:,} prompts per call")
+        too_long = [i for i, p in enumerate(prompts) if len(p) > self.config.max_prompt_chars]
+        if too_long:
+            return _error(f"prompts longer than {self.config.max_prompt_chars:,} characters at positions {too_long[:10]}")
         if self.config.max_depth == 0:
             return _error("llm_batch is disabled in this run (max_depth=0): solve it with code alone")
         budget = self.config.max_sub_calls
@@ -164,7 +168,7 @@ class Broker:
         return value if isinstance(value, str) else json.dumps(value, default=str)
 
     async def _pip_install(self, packages: Any) -> dict[str, Any]:
-        """Download wheels on the host (cached), copy them into the sandbox's work dir."""
+        """Download wheels on the host (cached), deliver them into a new read-only directory."""
         allowed = self.config.allow_pip
         if not allowed:
             return _error("package installs are disabled in this run (allow_pip=False)")
@@ -181,8 +185,8 @@ class Broker:
             refused = [n for n in names if n not in permitted]
             if refused:
                 return _error(f"not allowed in this run: {', '.join(refused)} (allowed: {', '.join(sorted(permitted))})")
-        if self.workdir is None:
-            return _error("no sandbox work dir to install into")
+        if self.delivery is None:
+            return _error("no sandbox to deliver packages to")
         WHEELHOUSE.mkdir(parents=True, exist_ok=True)
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--only-binary=:all:",
@@ -198,14 +202,15 @@ class Broker:
         if process.returncode != 0:
             return _error(f"pip download failed: {text.strip().splitlines()[-1] if text.strip() else process.returncode}")
         wheels = [Path(m) for m in re.findall(r"(?:Saved|File was already downloaded) (\S+\.whl)", text)]
-        target = self.workdir / ".rlm-wheelhouse"
-        target.mkdir(exist_ok=True)
-        copied = []
-        for wheel in wheels:
-            shutil.copy2(wheel, target / wheel.name)
-            (target / wheel.name).chmod(0o644)
-            copied.append(str(target / wheel.name))
-        return {"ok": True, "result": copied}
+        delivery = self.delivery()
+        delivered = [delivery.write(wheel.name, _chunks(wheel)) for wheel in wheels]
+        return {"ok": True, "result": delivered}
+
+
+def _chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(size):
+            yield chunk
 
 
 def _package_name(name: str) -> str:

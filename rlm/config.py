@@ -46,6 +46,9 @@ class RLMConfig(BaseModel):
     request_timeout: float = Field(default=600.0, gt=0, description="One model request, seconds.")
     max_retries: int = Field(default=3, ge=0)
     max_output_chars: int = Field(default=8000, ge=100)
+    max_answer_chars: int = Field(default=2_000_000, ge=1, description="answer[\"content\"] kept per turn.")
+    max_prompt_chars: int = Field(default=2_000_000, ge=1, description="One llm_batch prompt.")
+    max_batch_prompts: int = Field(default=10_000, ge=1, description="Prompts in one llm_batch call.")
     preview_chars: int = Field(default=500, ge=0)
 
     sub_tools: list[Callable[..., Any]] = Field(default_factory=list)

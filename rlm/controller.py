@@ -4,14 +4,15 @@ until `answer["ready"]` or a budget ends the run. Knows no sandbox backend and n
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sandbox import Sandbox, SandboxCrashed, SandboxError, create_sandbox
 from sandbox import runtime as sandbox_runtime
@@ -21,7 +22,7 @@ from .broker import Broker
 from .config import RLMConfig
 from .errors import ConfigError, ModelError
 from .models import ModelClient
-from .trajectory import Result, Turn
+from .trajectory import Event, Result, Turn
 
 log = logging.getLogger("rlm")
 
@@ -30,11 +31,20 @@ _STATE = {"state": "_rlm_state()"}
 _WRITE_CHUNK = 1 << 24
 
 
+class AnswerState(NamedTuple):
+    """`answer` as the kernel reported it after a cell."""
+
+    content: str
+    length: int  # of the content in the REPL, before the cut to max_answer_chars
+    ready: bool
+
+
 class DataFile:
-    """Where the run's data lives for the kernel: a file in the work dir or a read-only mount."""
+    """Where the run's data lives for the kernel: a file delivered read-only, or a read-only mount."""
 
     def __init__(self, data: Any) -> None:
         self.data = data
+        self._load: str | None = None
         self.mounts: list[Path] = []
         if data is None:
             self.kind, self.size = "none", 0
@@ -56,24 +66,32 @@ class DataFile:
                 raise ConfigError(f"data must be str, bytes, a path or JSON-serializable: {exc}") from exc
             self.kind, self.size = "json", len(self._json)
 
-    def write(self, sandbox: Sandbox) -> str:
-        """Put the data where the kernel can read it; returns the code that loads it as `context`."""
+    def load_code(self, sandbox: Sandbox) -> str:
+        """The code that loads the data as `context`; delivers the data on the first call.
+
+        The file goes into a delivery directory only the host writes, so a kernel restored after
+        a crash reads the same file again and nothing it planted can redirect the write.
+        """
+        if self._load is None:
+            self._load = self._deliver(sandbox)
+        return self._load
+
+    def _deliver(self, sandbox: Sandbox) -> str:
         if self.kind == "none":
             return "context = None"
         if self.mounts:
             where = sandbox.path_in_sandbox(self.mounts[0])
             return f"context = _rlm_load({where!r}, {self.kind!r})"
-        target = sandbox.workdir / {"text": "context.txt", "bytes": "context.bin", "json": "context.json"}[self.kind]
-        if self.kind == "text":
-            with open(target, "w", encoding="utf-8") as f:
-                for start in range(0, len(self.data), _WRITE_CHUNK):  # bounded extra memory for huge text
-                    f.write(self.data[start : start + _WRITE_CHUNK])
+        name = {"text": "context.txt", "bytes": "context.bin", "json": "context.json"}[self.kind]
+        if self.kind == "text":  # encoded a slice at a time: bounded extra memory for huge text
+            chunks: Iterable[bytes] = (self.data[i : i + _WRITE_CHUNK].encode("utf-8")
+                                       for i in range(0, len(self.data), _WRITE_CHUNK))
         elif self.kind == "bytes":
-            target.write_bytes(self.data)
+            chunks = [bytes(self.data)]
         else:
-            target.write_text(self._json, encoding="utf-8")
-        target.chmod(0o644)
-        return f"context = _rlm_load({sandbox.path_in_sandbox(target)!r}, {self.kind!r})"
+            chunks = [self._json.encode("utf-8")]
+        where = sandbox.delivery().write(name, chunks)
+        return f"context = _rlm_load({where!r}, {self.kind!r})"
 
     def preview_source(self) -> Any:
         """What the system prompt previews: the data, or the head of a mounted file."""
@@ -105,7 +123,7 @@ class Controller:
             async with asyncio.timeout(config.timeout):
                 async with self._sandbox(data_file) as sandbox:
                     result.timings.sandbox_start = time.monotonic() - started
-                    broker.workdir = sandbox.workdir
+                    broker.delivery = sandbox.delivery
                     packages = await self._prepare(sandbox, data_file, restore=None)
                     context = prompts.describe_context(
                         data_file.preview_source(), data_file.kind, data_file.size, config.preview_chars
@@ -150,7 +168,9 @@ class Controller:
 
     async def _prepare(self, sandbox: Sandbox, data_file: DataFile, restore: str | None) -> list[str]:
         """Load the runtime and the data into a fresh kernel; returns the installed packages."""
-        code = _RUNTIME_SOURCE + "\n" + data_file.write(sandbox)
+        limits = {"answer_chars": self.config.max_answer_chars, "prompt_chars": self.config.max_prompt_chars,
+                  "request_bytes": sandbox.limits.message_bytes}
+        code = f"{_RUNTIME_SOURCE}\n_RLM_LIMITS.update({limits!r})\n{data_file.load_code(sandbox)}"
         if restore:
             code += f"\nanswer['content'] = {restore!r}"
         outcome = await sandbox.execute(
@@ -183,13 +203,12 @@ class Controller:
             state = await self._execute_reply(sandbox, data_file, broker, completion, turn, content, messages)
             turn.exec_seconds = time.monotonic() - exec_started
             result.timings.execution += turn.exec_seconds
-            if state is not None:
-                content = state["content"]
-            turn.answer = content
+            if state is not None and state.content != content:
+                content = turn.answer = state.content
             result.answer = content
             turn.duration = time.monotonic() - turn_started
             _log_turn(turn)
-            if state is not None and state.get("ready"):
+            if state is not None and state.ready:
                 result.status = "ready"
                 return
             if config.max_root_tokens is not None and result.usage.root.total_tokens >= config.max_root_tokens:
@@ -209,7 +228,7 @@ class Controller:
     async def _execute_reply(
         self, sandbox: Sandbox, data_file: DataFile, broker: Broker, completion: Any, turn: Turn,
         content: str, messages: list[dict[str, Any]],
-    ) -> dict[str, Any] | None:
+    ) -> AnswerState | None:
         """Run the code of one reply, append the feedback messages; returns the answer state."""
         config = self.config
         if config.code_format == "tool":
@@ -221,19 +240,19 @@ class Controller:
             turn.error = "no code"
             return None
         feedback: list[str] = []
-        state: dict[str, Any] | None = None
+        raw_state: Any = None
         for call_id, code in blocks:
             if code is None:
                 text = prompts.BAD_TOOL_CALL
             else:
                 turn.code.append(code)
-                text, state, lost = await self._run_block(sandbox, broker, code, turn)
+                text, raw_state, lost = await self._run_block(sandbox, broker, code, turn)
                 if lost:
                     await self._prepare(sandbox, data_file, restore=content)
             if call_id is not None:
                 messages.append({"role": "tool", "tool_call_id": call_id, "content": text})
             feedback.append(text)
-            if turn.error or (state and state.get("ready")):
+            if turn.error or _ready(raw_state):
                 break
         turn.output = "\n".join(feedback)
         skipped = blocks[len(feedback):]
@@ -244,21 +263,39 @@ class Controller:
             if skipped:
                 feedback.append(f"[{len(skipped)} later code block(s) not run: {prompts.NOT_RUN}]")
             messages.append({"role": "user", "content": "\n".join(feedback)})
-        if state is None:
-            state = await self._read_state(sandbox)
-        if state is not None and "invalid" in state:
-            _append_note(messages, prompts.ANSWER_NOT_DICT.format(kind=state["invalid"]))
-            await sandbox.execute(f"answer = {{'content': {content!r}, 'ready': False}}")
+        if raw_state is None:
+            raw_state = await self._read_state(sandbox)
+        return await self._answer_state(sandbox, raw_state, turn, content, messages)
+
+    async def _answer_state(
+        self, sandbox: Sandbox, raw: Any, turn: Turn, content: str, messages: list[dict[str, Any]]
+    ) -> AnswerState | None:
+        """Check what the kernel reported about `answer`; it may be hostile, so anything off is
+        an event and a note to the model, never an exception."""
+        state = _parse_state(raw)
+        if isinstance(state, str):
+            _append_note(messages, prompts.ANSWER_NOT_DICT.format(kind=state))
+            await sandbox.execute(f"answer = {{'content': {content!r}, 'ready': False}}",
+                                  timeout=self.config.exec_timeout)
             return None
+        if state is None:
+            if raw is not None or not turn.restarted:
+                turn.events.append(Event(kind="state_unreadable", detail=f"answer state: {str(raw)[:200]!r}"))
+                _append_note(messages, prompts.STATE_UNREADABLE)
+            return None
+        limit = self.config.max_answer_chars
+        if state.length > limit or len(state.content) > limit:
+            length = max(state.length, len(state.content))
+            turn.events.append(Event(kind="answer_cut", detail=f"{length:,} characters, limit {limit:,}"))
+            _append_note(messages, prompts.ANSWER_CUT.format(length=length, limit=limit))
+            state = state._replace(content=state.content[:limit])
         return state
 
-    async def _run_block(
-        self, sandbox: Sandbox, broker: Broker, code: str, turn: Turn
-    ) -> tuple[str, dict[str, Any] | None, bool]:
-        """Execute one code block; returns the feedback text, the answer state, and whether
+    async def _run_block(self, sandbox: Sandbox, broker: Broker, code: str, turn: Turn) -> tuple[str, Any, bool]:
+        """Execute one code block; returns the feedback text, the raw answer state, and whether
         the kernel's state was lost (crash or forced restart)."""
         config = self.config
-        crashed = False
+        crashed: str | None = None
         try:
             outcome = await sandbox.execute(
                 code, timeout=config.exec_timeout, on_request=broker.handle,
@@ -266,8 +303,9 @@ class Controller:
             )
         except SandboxCrashed as exc:
             await sandbox.restart()
-            crashed, outcome = True, None
-            turn.error, turn.restarted = f"SandboxCrashed: {exc}", True
+            crashed, outcome = str(exc) or type(exc).__name__, None
+            turn.error, turn.restarted = f"{type(exc).__name__}: {exc}", True
+            turn.events.append(Event(kind="kernel_restarted", detail=turn.error))
         if outcome is not None:
             turn.timed_out |= outcome.timed_out
             turn.restarted |= outcome.restarted
@@ -275,6 +313,11 @@ class Controller:
                 turn.error = "timeout"
             elif outcome.error:
                 turn.error = outcome.error_name or "error"
+            if outcome.restarted:
+                turn.events.append(Event(kind="kernel_restarted", detail="the kernel ignored the interrupt"))
+            if outcome.messages_dropped:
+                turn.events.append(Event(kind="output_dropped",
+                                         detail=f"{outcome.messages_dropped:,} output messages past the limit"))
         text, cut = prompts.format_execution(
             stdout=outcome.stdout if outcome else "", stderr=outcome.stderr if outcome else "",
             error=outcome.error if outcome else None, timed_out=bool(outcome and outcome.timed_out),
@@ -283,22 +326,40 @@ class Controller:
             exec_timeout=config.exec_timeout, max_output_chars=config.max_output_chars,
         )
         turn.chars_cut += cut
-        state = _parse_state(outcome.expressions.get("state")) if outcome else None
-        return text, state, crashed or bool(outcome and outcome.restarted)
+        raw_state = outcome.expressions.get("state") if outcome else None
+        return text, raw_state, crashed is not None or bool(outcome and outcome.restarted)
 
-    async def _read_state(self, sandbox: Sandbox) -> dict[str, Any] | None:
-        outcome = await sandbox.execute("", user_expressions=_STATE, timeout=self.config.exec_timeout)
-        return _parse_state(outcome.expressions.get("state"))
+    async def _read_state(self, sandbox: Sandbox) -> Any:
+        try:
+            outcome = await sandbox.execute("", user_expressions=_STATE, timeout=self.config.exec_timeout)
+        except SandboxCrashed:
+            return None
+        return outcome.expressions.get("state")
 
 
-def _parse_state(raw: Any) -> dict[str, Any] | None:
+def _parse_state(raw: Any) -> AnswerState | str | None:
+    """The answer state from `_rlm_state()`'s JSON; a str names what `answer` became instead of
+    a dict; None when the reply is not the runtime's (a hostile kernel can send anything)."""
     if not isinstance(raw, str):
         return None
     try:
         state = json.loads(raw)
-    except json.JSONDecodeError:
+        if not isinstance(state, dict):
+            return None
+        if "invalid" in state:
+            return str(state["invalid"])[:100]
+        content = base64.b64decode(state["content"], validate=True).decode("utf-8", "replace")
+        length, ready = state["length"], state["ready"]
+    except (ValueError, KeyError, TypeError, RecursionError):
         return None
-    return state if isinstance(state, dict) else None
+    if not isinstance(length, int) or not isinstance(ready, bool):
+        return None
+    return AnswerState(content, length, ready)
+
+
+def _ready(raw_state: Any) -> bool:
+    state = _parse_state(raw_state)
+    return isinstance(state, AnswerState) and state.ready
 
 
 def _append_note(messages: list[dict[str, Any]], note: str) -> None:
@@ -311,9 +372,10 @@ def _append_note(messages: list[dict[str, Any]], note: str) -> None:
 
 def _log_turn(turn: Turn) -> None:
     log.info(
-        "turn %d: %d block(s), %.1fs model, %.1fs exec%s; answer %d chars",
+        "turn %d: %d block(s), %.1fs model, %.1fs exec%s; answer %s",
         turn.index, len(turn.code), turn.model_seconds, turn.exec_seconds,
-        f", error: {turn.error}" if turn.error else "", len(turn.answer),
+        f", error: {turn.error}" if turn.error else "",
+        "unchanged" if turn.answer is None else f"now {len(turn.answer):,} chars",
     )
     for code in turn.code:
         log.debug("code:\n%s", code)

@@ -103,7 +103,10 @@ def system_prompt(config: RLMConfig, context_description: str, packages: list[st
     llm_batch_text = _LLM_BATCH[min(config.max_depth, 1)]
     if config.max_depth > 1:
         llm_batch_text += _NESTED.format(depth=config.max_depth - 1)
-    limits = [f"- {config.max_turns} turns in all; each of your replies is one turn."]
+    limits = [f"- {config.max_turns} turns in all; each of your replies is one turn.",
+              f"- `answer[\"content\"]` holds at most {config.max_answer_chars:,} characters; the rest is cut."]
+    if config.max_depth:
+        limits.append(f"- Each sub-LLM prompt holds at most {config.max_prompt_chars:,} characters.")
     if config.max_sub_calls is not None and config.max_depth:
         limits.append(f"- {config.max_sub_calls} sub-LLM prompts in all.")
     if config.max_root_tokens is not None:
@@ -165,6 +168,11 @@ NO_CODE_NUDGE = (
 NOT_RUN = "not run, because an earlier block failed or finished the answer"
 BAD_TOOL_CALL = "error: call the `python` tool with a JSON object {\"code\": \"...\"}."
 BUDGET_NOTE = "[The sub-LLM budget is spent: finish now with what you have and set answer[\"ready\"] = True.]"
+ANSWER_CUT = (
+    "[`answer[\"content\"]` has {length:,} characters, over the limit of {limit:,}: only the first "
+    "{limit:,} are kept. Shorten it.]"
+)
+STATE_UNREADABLE = "[The REPL's `answer` could not be read; your last content was kept.]"
 ANSWER_NOT_DICT = (
     "[`answer` is no longer a dict (it is a {kind}); it was reset to "
     "{{\"content\": <your last content>, \"ready\": False}}.]"
@@ -178,11 +186,12 @@ def nudge(config: RLMConfig) -> str:
 
 def format_execution(
     *, stdout: str, stderr: str, error: str | None, timed_out: bool, restarted: bool,
-    crashed: bool, chars_cut: int, exec_timeout: float, max_output_chars: int,
+    crashed: str | None, chars_cut: int, exec_timeout: float, max_output_chars: int,
 ) -> tuple[str, int]:
     """The REPL feedback for one execution, cut to `max_output_chars` with a visible note.
 
-    Returns the text and the total number of characters cut from it.
+    `crashed` says why the kernel died, when it did. Returns the text and the total number of
+    characters cut from it.
     """
     parts = [stdout]
     if stderr:
@@ -201,7 +210,7 @@ def format_execution(
     if timed_out:
         notes.append(f"[execution timed out after {exec_timeout:g}s and was interrupted]")
     if restarted or crashed:
-        cause = "the kernel died" if crashed else "the kernel did not stop after the interrupt"
+        cause = f"the kernel died ({crashed})" if crashed else "the kernel did not stop after the interrupt"
         notes.append(
             f"[{cause}: it was restarted and all REPL state was lost. `context`, `llm_batch` and "
             "`answer` (with its last content) were restored; re-create your other variables.]"

@@ -55,6 +55,13 @@ class Usage(BaseModel):
             self.by_model.setdefault(model, TokenUsage()).add(usage)
 
 
+class Event(BaseModel):
+    """Something the run's limits did to a turn: what was cut, refused or restarted, and why."""
+
+    kind: Literal["answer_cut", "output_dropped", "kernel_restarted", "state_unreadable", "request_refused"]
+    detail: str
+
+
 class Turn(BaseModel):
     """One root-model step: its reply, the code it ran and what the REPL gave back."""
 
@@ -66,7 +73,9 @@ class Turn(BaseModel):
     timed_out: bool = False
     restarted: bool = False
     chars_cut: int = 0
-    answer: str = ""
+    #: `answer["content"]` after this turn when the turn changed it; None when unchanged.
+    answer: str | None = None
+    events: list[Event] = Field(default_factory=list)
     usage: TokenUsage = Field(default_factory=TokenUsage)
     tokens: list[str] | None = None
     logprobs: list[float] | None = None

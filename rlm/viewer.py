@@ -96,11 +96,8 @@ def _turn(turn: Turn, calls: list[SubCall]) -> str:
 
 def render_result(result: Result, title: str = "RLM trajectory", reward: float | None = None) -> str:
     """One self-contained page for one run."""
-    answers, previous = [], None
-    for turn in result.turns:
-        if turn.answer != previous:
-            answers.append(f"<tr><td>{turn.index}</td><td><pre>{_e(turn.answer) or '<i>(empty)</i>'}</pre></td></tr>")
-            previous = turn.answer
+    answers = [f"<tr><td>{turn.index}</td><td><pre>{_e(turn.answer) or '<i>(empty)</i>'}</pre></td></tr>"
+               for turn in result.turns if turn.answer is not None]  # None: unchanged by that turn
     by_turn: dict[int, list[SubCall]] = {}
     for call in result.sub_calls:
         by_turn.setdefault(call.turn, []).append(call)

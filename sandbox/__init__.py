@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from .base import (
+    Delivery,
     ExecutionResult,
+    KernelLimits,
     RequestHandler,
     Sandbox,
     SandboxCrashed,
     SandboxError,
+    SandboxProtocolError,
     SandboxStartError,
     SandboxUnavailable,
 )
@@ -35,13 +38,16 @@ def create_sandbox(backend: str = "local", **options: Any) -> Sandbox:
 
 __all__ = [
     "BACKENDS",
+    "Delivery",
     "ExecutionResult",
+    "KernelLimits",
     "LocalSandbox",
     "RequestHandler",
     "Sandbox",
     "SandboxCrashed",
     "SandboxError",
     "SandboxPool",
+    "SandboxProtocolError",
     "SandboxStartError",
     "SandboxUnavailable",
     "create_sandbox",

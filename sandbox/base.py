@@ -8,7 +8,8 @@ which every backend reuses, much as jupyter_client splits KernelManager from Ker
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable
+import os
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,29 @@ class SandboxStartError(SandboxError):
 
 class SandboxCrashed(SandboxError):
     """The kernel process died; its state is gone until `restart()`."""
+
+
+class SandboxProtocolError(SandboxCrashed):
+    """The kernel broke the message protocol or a transport limit; its channel was cut, so it
+    is treated as crashed and must be restarted."""
+
+
+@dataclass(frozen=True)
+class KernelLimits:
+    """Bounds on everything a kernel sends back to the host, whatever code runs inside it.
+
+    Worst-case controller memory per sandbox is about `message_bytes` for each of the three
+    request/reply channels plus `output_message_bytes` for each queued output message.
+    """
+
+    #: One message on the shell, stdin or control channel: replies, user expressions, RPC requests.
+    message_bytes: int = 16 << 20
+    #: One output (iopub) message: stream text, display data and their updates.
+    output_message_bytes: int = 8 << 20
+    #: Output messages folded into one execution's result; later ones are read and dropped.
+    output_messages: int = 10_000
+    #: Tail of the kernel process's own stdout/stderr kept for start-up diagnostics.
+    raw_output_bytes: int = 64 << 10
 
 
 @dataclass
@@ -82,6 +106,8 @@ class ExecutionResult:
     timed_out: bool = False
     restarted: bool = False
     chars_cut: int = 0
+    #: Output messages past `KernelLimits.output_messages`, read and dropped unseen.
+    messages_dropped: int = 0
     duration: float = 0.0
     expressions: dict[str, Any] = field(default_factory=dict)
 
@@ -90,14 +116,40 @@ class ExecutionResult:
         return self.error is None and not self.timed_out
 
 
+class Delivery:
+    """A fresh directory the host fills and the sandbox reads: files the host hands over (data,
+    wheels) never live where the sandbox can write, so no planted link can redirect them."""
+
+    def __init__(self, host: Path, inside: str) -> None:
+        host.mkdir(mode=0o755)
+        host.chmod(0o755)  # readable by the sandbox's unprivileged user whatever the umask
+        self.host = host
+        self.inside = inside
+
+    def write(self, name: str, chunks: Iterable[bytes]) -> str:
+        """Create `name` (exclusively, never through a link) from `chunks`; returns its path
+        inside the sandbox."""
+        fd = os.open(self.host / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(fd, 0o644)  # whatever the umask
+            for chunk in chunks:
+                f.write(chunk)
+        return self.path(name)
+
+    def path(self, name: str) -> str:
+        return f"{self.inside}/{name}"
+
+
 class Sandbox(abc.ABC):
     """A persistent, isolated Python kernel.
 
     Use as an async context manager: `async with LocalSandbox(...) as sb: await sb.execute("1+1")`.
     """
 
-    #: Host directory shared with the kernel read-write; data files are written here.
-    workdir: Path
+    #: The kernel's working directory, as the kernel sees it (its own writable space).
+    workdir: str
+    #: What the kernel may send back; see `KernelLimits`.
+    limits: KernelLimits
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -129,6 +181,15 @@ class Sandbox(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Stop the kernel and everything it started; remove private files. Idempotent."""
+
+    @abc.abstractmethod
+    def delivery(self) -> Delivery:
+        """A new, empty directory the host writes into and the kernel reads (read-only)."""
+
+    @property
+    def oom_killed(self) -> bool:
+        """Whether the host's record says the memory limit killed a process of this sandbox."""
+        return False
 
     def path_in_sandbox(self, host_path: Path) -> str:
         """Where a file under `workdir` (or a read-only mount) appears inside the sandbox."""

@@ -1,9 +1,11 @@
 """The Docker backend: the same persistent Jupyter kernel, in a locked-down container.
 
 One container per sandbox, made with the Docker SDK: no network, read-only root filesystem,
-tmpfs /tmp, an unprivileged user, every capability dropped, no-new-privileges, memory / CPU /
-pids limits, the IPC and work dirs bind-mounted, data mounted read-only, and labels that mark
-it as ours so `prune()` can always find leftovers.
+tmpfs /tmp and work dir (size-limited, charged to the container's memory), an unprivileged
+user, every capability dropped, no-new-privileges, memory / CPU / pids limits, the per-launch
+IPC dir bind-mounted, the inbox and data mounted read-only, a log capped at a small size, and
+labels that mark it as ours so `prune()` can always find leftovers. A watchdog inside ends the
+container when the controller's attached stdin closes: the kernel dies with its controller.
 """
 
 from __future__ import annotations
@@ -14,13 +16,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .base import SandboxStartError, SandboxUnavailable
+from docker.types import LogConfig
+
+from .base import KernelLimits, SandboxStartError, SandboxUnavailable
 from .image import build_image
 from .kernel import KernelSandbox
-from .local import parse_bytes
+from .local import WORKDIR, parse_bytes
 
 LABEL = "rlm.sandbox"
 SANDBOX_USER = "65534:65534"
+#: PID 1's child in the container: runs the kernel, and kills everything in the container when
+#: its stdin (attached by the controller, closed by the engine once the controller is gone) ends.
+WATCHDOG = """\
+import os, subprocess, sys, threading
+kernel = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL)
+def orphaned():
+    sys.stdin.buffer.read()
+    os.kill(-1, 9)
+threading.Thread(target=orphaned, daemon=True).start()
+sys.exit(kernel.wait())
+"""
 
 
 def docker_client() -> Any:
@@ -58,42 +73,71 @@ class DockerSandbox(KernelSandbox):
         cpus: float = 1.0,
         max_processes: int = 256,
         tmp_size: int | str = "1g",
+        disk_limit: int | str = "2g",
         mounts: Sequence[str | Path] = (),
         startup_timeout: float = 60.0,
+        limits: KernelLimits | None = None,
     ) -> None:
         self.client = docker_client()
-        super().__init__(startup_timeout=startup_timeout)
+        super().__init__(startup_timeout=startup_timeout, limits=limits)
         self.image = image or build_image(self.client)
         self.memory_limit = parse_bytes(memory_limit)
         self.cpus = cpus
         self.max_processes = max_processes
         self.tmp_size = parse_bytes(tmp_size)
+        self.disk_limit = parse_bytes(disk_limit)
         self.mounts = [Path(m).resolve() for m in mounts]
+        self.workdir = WORKDIR
         self._container: Any = None
-        uid, gid = (int(x) for x in SANDBOX_USER.split(":"))
-        for path in (self.root, self.ipcdir, self.workdir):
-            if os.geteuid() == 0:
-                os.chown(path, uid, gid)
-            else:
-                path.chmod(0o777)  # the container's unprivileged user must write here
+        self._stdin: Any = None
+        self._oom_killed = False
+
+    def _grant(self, ipcdir: Path) -> None:
+        if os.geteuid() == 0:
+            uid, gid = (int(x) for x in SANDBOX_USER.split(":"))
+            os.chown(ipcdir, uid, gid)
+        else:
+            ipcdir.chmod(0o777)  # the container's unprivileged user must create its sockets here
+
+    @property
+    def oom_killed(self) -> bool:
+        if self._container is not None:
+            try:
+                self._container.reload()
+                self._oom_killed |= bool(self._container.attrs["State"].get("OOMKilled"))
+            except Exception:  # removed meanwhile: what was read before stands
+                pass
+        return self._oom_killed
 
     def _launch(self, connection_file: Path) -> None:
         volumes = {str(self.ipcdir): {"bind": str(self.ipcdir), "mode": "rw"},
-                   str(self.workdir): {"bind": str(self.workdir), "mode": "rw"}}
+                   str(self.inbox): {"bind": str(self.inbox), "mode": "ro"}}
         volumes.update({str(m): {"bind": str(m), "mode": "ro"} for m in self.mounts})
+        # The log keeps at most one small file: what the kernel writes to its own stdout is
+        # bounded on host disk, and the tail still explains a failed start.
+        uid, gid = SANDBOX_USER.split(":")
+        log_config = LogConfig(type=LogConfig.types.JSON, config={"max-size": str(self.limits.raw_output_bytes),
+                                                                   "max-file": "1"})
         try:
-            self._container = self.client.containers.run(
+            self._container = self.client.containers.create(
                 self.image,
-                ["python3", *self.kernel_args(connection_file)],
-                detach=True, init=True, network_mode="none", read_only=True, user=SANDBOX_USER,
+                ["python3", "-c", WATCHDOG, "python3", *self.kernel_args(connection_file)],
+                init=True, network_mode="none", read_only=True, user=SANDBOX_USER,
                 cap_drop=["ALL"], security_opt=["no-new-privileges"],
                 mem_limit=self.memory_limit, memswap_limit=self.memory_limit,
                 nano_cpus=int(self.cpus * 1e9), pids_limit=self.max_processes,
-                tmpfs={"/tmp": f"size={self.tmp_size},mode=1777"},
-                volumes=volumes, working_dir=str(self.workdir),
-                environment=self.kernel_environment(),
+                tmpfs={"/tmp": f"size={self.tmp_size},mode=1777",
+                       # owned by the kernel's user: the engine resets the mode of a tmpfs that is the cwd
+                       self.workdir: f"size={self.disk_limit},mode=0700,uid={uid},gid={gid}"},
+                volumes=volumes, working_dir=self.workdir,
+                environment=self.kernel_environment(), log_config=log_config,
+                stdin_open=True,  # with the default detach=False this sets StdinOnce too
                 labels={LABEL: "1", "rlm.controller-pid": str(os.getpid())},
             )
+            # Attached before the start, held open for the container's life; when this process
+            # dies the engine closes the container's stdin and the watchdog ends it.
+            self._stdin = self._container.attach_socket(params={"stdin": 1, "stream": 1})
+            self._container.start()
         except Exception as exc:
             raise SandboxStartError(f"could not start the container: {exc}") from exc
 
@@ -119,7 +163,11 @@ class DockerSandbox(KernelSandbox):
     def _kill(self) -> None:
         if self._container is not None:
             try:
+                self.oom_killed  # read the engine's record before the container goes
                 self._container.remove(force=True)
             except Exception:  # already gone
                 pass
             self._container = None
+        if self._stdin is not None:
+            self._stdin.close()
+            self._stdin = None

@@ -12,46 +12,114 @@ import abc
 import ast
 import asyncio
 import json
+import os
 import re
+import secrets
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import zmq
-import zmq.asyncio
-from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.connect import write_connection_file
+from jupyter_client.session import Session
 
 from .base import (
+    Delivery,
     ExecutionResult,
+    KernelLimits,
     Output,
     RequestHandler,
     Sandbox,
     SandboxCrashed,
+    SandboxProtocolError,
     SandboxStartError,
 )
 from .runtime import RPC_PREFIX
+from .wire import Connection
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _POLL_SECONDS = 0.25
 _LOST_IDLE_GRACE = 2.0
+_CHANNELS = ("shell", "iopub", "stdin", "control")
+
+#: Source of the kernel-side guard, run from a file the host writes before each launch.
+_GUARD_SOURCE = (Path(__file__).with_name("guard.py")).read_text()
+_GUARD_FILE = "guard.py"
 
 
 class KernelSession:
-    """Messaging with one running kernel; knows nothing of how the kernel process lives."""
+    """Messaging with one running kernel; knows nothing of how the kernel process lives.
 
-    def __init__(self, connection_info: dict[str, Any]) -> None:
-        self.client = AsyncKernelClient()
-        self.client.load_connection_info(connection_info)
-        self.client.start_channels()
+    Speaks the Jupyter protocol over `wire` connections with hard limits. One reader task per
+    channel feeds a small shared queue, so unread messages wait in the kernel, not here.
+    """
+
+    def __init__(self, connection_info: dict[str, Any], ipc_fd: int, limits: KernelLimits) -> None:
+        self.info = connection_info
+        self.ipc_fd = ipc_fd
+        self.limits = limits
+        self.session = Session(key=connection_info["key"].encode(),
+                               signature_scheme=connection_info["signature_scheme"])
+        self._channels: dict[str, Connection] = {}
+        self._readers: list[asyncio.Task[None]] = []
+        self._incoming: asyncio.Queue[tuple[str, dict[str, Any]] | SandboxCrashed] = asyncio.Queue(4)
+
+    @staticmethod
+    def socket_names(info: dict[str, Any]) -> list[str]:
+        """The kernel's IPC socket file names, relative to its IPC directory."""
+        base = os.path.basename(info["ip"])
+        return [f"{base}-{info[f'{channel}_port']}" for channel in _CHANNELS]
+
+    async def connect(self) -> None:
+        identity = self.session.bsession
+        for channel, name in zip(_CHANNELS, self.socket_names(self.info), strict=True):
+            output = channel == "iopub"
+            self._channels[channel] = await Connection.open(
+                self.ipc_fd, name, "SUB" if output else "DEALER", identity=identity,
+                max_message_bytes=self.limits.output_message_bytes if output else self.limits.message_bytes,
+            )
+        self._readers = [asyncio.create_task(self._read(channel)) for channel in self._channels]
+
+    async def _read(self, channel: str) -> None:
+        connection = self._channels[channel]
+        while True:
+            try:
+                frames = await connection.recv()
+            except SandboxCrashed as exc:  # closed, or a limit broken: the channel is over
+                await self._incoming.put(exc)
+                return
+            try:
+                _, message_frames = self.session.feed_identities(frames)
+                message = self.session.deserialize(message_frames)
+            except Exception:  # unsigned, garbled or not Jupyter at all: not ours to parse further
+                continue
+            if not _well_formed(message):
+                continue
+            await self._incoming.put((channel, message))
+
+    async def _send(self, channel: str, msg_type: str, content: dict[str, Any],
+                    parent: dict[str, Any] | None = None) -> str:
+        message = self.session.msg(msg_type, content, parent=parent)
+        await self._channels[channel].send(self.session.serialize(message))
+        return str(message["header"]["msg_id"])
+
+    async def _next(self, timeout: float) -> tuple[str, dict[str, Any]] | None:
+        """The next message from any channel, or None after `timeout` seconds."""
+        try:
+            item = await asyncio.wait_for(self._incoming.get(), max(timeout, 0))
+        except TimeoutError:
+            return None
+        if isinstance(item, SandboxCrashed):
+            raise item
+        return item
 
     async def wait_ready(self, timeout: float, alive: Callable[[], bool]) -> None:
         """Block until the kernel answers kernel_info on shell *and* iopub.
 
-        Waiting for iopub too matters: a SUB socket that has not joined yet silently drops the
+        Waiting for iopub too matters: a subscription that has not taken effect yet drops the
         first messages, and an execute whose status messages are lost would never finish.
         `alive()` lets a dead launch fail fast.
         """
@@ -59,39 +127,23 @@ class KernelSession:
         while time.monotonic() < deadline:
             if not alive():
                 raise SandboxStartError("kernel process exited during start-up")
-            msg_id = self.client.kernel_info()
+            msg_id = await self._send("shell", "kernel_info_request", {})
             replied = heard = False
-            round_end = time.monotonic() + 1.0
+            round_end = min(deadline, time.monotonic() + 1.0)
             while not (replied and heard) and time.monotonic() < round_end:
-                if not replied:
-                    replied = await self._received(self.client.get_shell_msg, msg_id, 0.1)
-                if not heard:
-                    heard = await self._received(self.client.get_iopub_msg, msg_id, 0.1)
+                try:
+                    got = await self._next(round_end - time.monotonic())
+                except SandboxCrashed as exc:
+                    raise SandboxStartError(f"kernel channel failed during start-up: {exc}") from None
+                if got is not None and got[1]["parent_header"].get("msg_id") == msg_id:
+                    replied |= got[0] == "shell"
+                    heard |= got[0] == "iopub"
             if replied and heard:
-                await self._drain(self.client.get_iopub_msg)
-                await self._drain(self.client.get_shell_msg)
                 return
         raise SandboxStartError(f"kernel did not answer within {timeout:.0f}s")
 
-    @staticmethod
-    async def _received(get: Callable[..., Any], msg_id: str, timeout: float) -> bool:
-        try:
-            msg = await get(timeout=timeout)
-        except Exception:  # queue.Empty: nothing yet
-            return False
-        return msg["parent_header"].get("msg_id") == msg_id
-
-    @staticmethod
-    async def _drain(get: Callable[..., Any]) -> None:
-        while True:
-            try:
-                await get(timeout=0.02)
-            except Exception:
-                return
-
     async def interrupt(self) -> None:
-        msg = self.client.session.msg("interrupt_request", {})
-        self.client.control_channel.send(msg)
+        await self._send("control", "interrupt_request", {})
 
     async def execute(
         self,
@@ -105,23 +157,20 @@ class KernelSession:
     ) -> tuple[ExecutionResult, bool]:
         """Run one cell. Returns the result and whether the kernel reached idle before `deadline`.
 
-        Raises `SandboxCrashed` when `alive()` turns false mid-cell.
+        Raises `SandboxCrashed` when `alive()` turns false mid-cell, `SandboxProtocolError` when
+        the kernel breaks a limit of its channel.
         """
         started = time.monotonic()
         stdout, stderr = Output(max_output_chars), Output(max_output_chars)
         result = ExecutionResult()
-        msg_id = self.client.execute(
-            code, allow_stdin=True, user_expressions=user_expressions or {}, stop_on_error=False
-        )
-        iopub, stdin, shell = (
-            self.client.iopub_channel.socket, self.client.stdin_channel.socket, self.client.shell_channel.socket
-        )
-        poller = zmq.asyncio.Poller()
-        for socket in (iopub, stdin, shell):
-            poller.register(socket, zmq.POLLIN)
+        msg_id = await self._send("shell", "execute_request", {
+            "code": code, "silent": False, "store_history": False,
+            "user_expressions": user_expressions or {}, "allow_stdin": True, "stop_on_error": False,
+        })
         idle = False
         reply: dict[str, Any] | None = None
         replied_at = 0.0
+        outputs = 0
         # Done when iopub says idle and shell has replied; a reply with no idle after a grace
         # period means iopub lost the status message, and waiting longer would hang forever.
         while not (idle and reply is not None):
@@ -131,29 +180,37 @@ class KernelSession:
             wait = _POLL_SECONDS if deadline is None else min(_POLL_SECONDS, deadline - time.monotonic())
             if wait <= 0:
                 break
-            events = dict(await poller.poll(int(wait * 1000)))
-            if not events:
+            got = await self._next(wait)
+            if got is None:
                 if not alive():
                     raise SandboxCrashed("the kernel process died")
                 continue
-            if stdin in events:
-                request = await self.client.get_stdin_msg(timeout=0)
+            channel, msg = got
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if channel == "stdin" and msg["msg_type"] == "input_request":
                 remaining = None if deadline is None else deadline - time.monotonic()
-                answer = await _serve_stdin(request["content"], on_request, remaining, stderr)
+                answer = await _serve_stdin(msg["content"], on_request, remaining, stderr)
                 if answer is None:
                     break  # the deadline passed while a request was being served
-                self.client.input(answer)
-            if iopub in events:
-                msg = await self.client.get_iopub_msg(timeout=0)
-                if msg["parent_header"].get("msg_id") == msg_id:
-                    idle = _collect(msg, result, stdout, stderr) or idle
-            if shell in events:
-                msg = await self.client.get_shell_msg(timeout=0)
-                if msg["parent_header"].get("msg_id") == msg_id:
-                    reply, replied_at = msg, time.monotonic()
+                await self._send("stdin", "input_reply", {"value": answer}, parent=msg["header"])
+            elif channel == "iopub":
+                if msg["msg_type"] == "status":
+                    idle = idle or msg["content"].get("execution_state") == "idle"
+                elif outputs < self.limits.output_messages:
+                    outputs += 1
+                    _collect(msg, result, stdout, stderr)
+                else:
+                    result.messages_dropped += 1
+            elif channel == "shell":
+                reply, replied_at = msg, time.monotonic()
         finished = idle and reply is not None
         if finished:
+            assert reply is not None
             result.expressions = _expressions(reply["content"].get("user_expressions", {}))
+        if result.messages_dropped:
+            stderr.write(f"[sandbox] {result.messages_dropped:,} output messages past the limit of "
+                         f"{self.limits.output_messages:,} per execution were dropped.\n")
         result.stdout, result.stderr = stdout.render(), stderr.render()
         result.chars_cut = stdout.dropped + stderr.dropped
         result.duration = time.monotonic() - started
@@ -163,18 +220,23 @@ class KernelSession:
         """After an interrupt, wait up to `grace` seconds for the kernel to go idle."""
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
-            try:
-                msg = await self.client.get_iopub_msg(timeout=max(0.01, deadline - time.monotonic()))
-            except Exception:
+            got = await self._next(deadline - time.monotonic())
+            if got is None:
                 return False
-            if msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle":
-                if msg["parent_header"].get("msg_type") == "execute_request":
-                    await self._drain(self.client.get_shell_msg)
-                    return True
+            channel, msg = got
+            if (channel == "iopub" and msg["msg_type"] == "status"
+                    and msg["content"].get("execution_state") == "idle"
+                    and msg["parent_header"].get("msg_type") == "execute_request"):
+                return True
         return False
 
-    def close(self) -> None:
-        self.client.stop_channels()
+    async def close(self) -> None:
+        for task in self._readers:
+            task.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        for connection in self._channels.values():
+            connection.close()
+        self._channels.clear()
 
 
 async def _serve_stdin(
@@ -184,15 +246,15 @@ async def _serve_stdin(
     stderr: Output,
 ) -> str | None:
     """Answer one stdin prompt: an RPC request goes to `on_request`; a plain `input()` gets ''."""
-    prompt = content.get("prompt", "")
-    if not prompt.startswith(RPC_PREFIX):
+    prompt = content.get("prompt")
+    if not isinstance(prompt, str) or not prompt.startswith(RPC_PREFIX):
         stderr.write("[sandbox] input() is not available in this REPL; it returned ''.\n")
         return ""
     try:
         request = json.loads(prompt[len(RPC_PREFIX) :])
         if not isinstance(request, dict):
             raise ValueError("request must be a JSON object")
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         return json.dumps({"ok": False, "error": f"malformed request: {exc}"})
     if on_request is None:
         return json.dumps({"ok": False, "error": "no request handler is attached to this sandbox"})
@@ -203,33 +265,44 @@ async def _serve_stdin(
     return json.dumps(reply)
 
 
-def _collect(msg: dict[str, Any], result: ExecutionResult, stdout: Output, stderr: Output) -> bool:
-    """Fold one iopub message into the result; True when the cell is finished."""
+def _well_formed(message: dict[str, Any]) -> bool:
+    """Whether a deserialized message has the shape the rest of this module reads."""
+    return (isinstance(message.get("header"), dict) and isinstance(message.get("parent_header"), dict)
+            and isinstance(message.get("content"), dict) and isinstance(message.get("msg_type"), str))
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _collect(msg: dict[str, Any], result: ExecutionResult, stdout: Output, stderr: Output) -> None:
+    """Fold one output message into the result (fields of the wrong type count as empty)."""
     kind, content = msg["msg_type"], msg["content"]
     if kind == "stream":
-        (stdout if content.get("name") == "stdout" else stderr).write(content.get("text", ""))
+        (stdout if content.get("name") == "stdout" else stderr).write(_text(content.get("text")))
     elif kind in ("execute_result", "display_data"):
-        text = content.get("data", {}).get("text/plain")
-        if text is not None:
+        data = content.get("data")
+        text = data.get("text/plain") if isinstance(data, dict) else None
+        if isinstance(text, str):
             stdout.write(text + "\n")
     elif kind == "error":
-        result.error_name = content.get("ename")
-        result.error = _ANSI.sub("", "\n".join(content.get("traceback", [])))
-    elif kind == "status":
-        return content.get("execution_state") == "idle"
-    return False
+        result.error_name = _text(content.get("ename")) or "Error"
+        lines = content.get("traceback")
+        lines = [line for line in lines if isinstance(line, str)] if isinstance(lines, list) else []
+        result.error = _ANSI.sub("", "\n".join(lines))
 
 
-def _expressions(raw: dict[str, Any]) -> dict[str, Any]:
+def _expressions(raw: Any) -> dict[str, Any]:
     values: dict[str, Any] = {}
-    for name, value in raw.items():
-        if value.get("status") != "ok":
+    for name, value in raw.items() if isinstance(raw, dict) else ():
+        data = value.get("data") if isinstance(value, dict) and value.get("status") == "ok" else None
+        text = data.get("text/plain") if isinstance(data, dict) else None
+        if not isinstance(text, str):
             values[name] = None
             continue
-        text = value.get("data", {}).get("text/plain", "")
         try:
             values[name] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
+        except Exception:  # not a literal (or a hostile one nested past the parser's depth)
             values[name] = text
     return values
 
@@ -238,20 +311,28 @@ class KernelSandbox(Sandbox):
     """A `Sandbox` whose kernel runs as some process the subclass launches.
 
     Subclasses implement `_launch`, `_alive` and `_kill`; everything else is shared.
+
+    Host side, per sandbox: a private directory (`root`, never bound writable) holding the
+    inbox (deliveries, bound read-only) and one fresh IPC directory per launch. Once a kernel
+    runs, the host touches its IPC directory only through a directory fd without following
+    links, and removes it only after the kernel and everything it started are dead.
     """
 
     #: How long an interrupted cell may take to stop before the kernel is restarted.
     interrupt_grace: float = 3.0
 
-    def __init__(self, *, startup_timeout: float = 60.0) -> None:
+    def __init__(self, *, startup_timeout: float = 60.0, limits: KernelLimits | None = None) -> None:
         self.startup_timeout = startup_timeout
+        self.limits = limits or KernelLimits()
         self.root = Path(tempfile.mkdtemp(prefix="rlm-"))
-        self.ipcdir = self.root / "ipc"
-        self.workdir = self.root / "work"
-        self.ipcdir.mkdir()
-        self.workdir.mkdir()
+        self.inbox = self.root / "inbox"
+        self.inbox.mkdir(mode=0o755)
+        self.inbox.chmod(0o755)
+        self.ipcdir = self.root / "ipc-0"
+        self._ipc_fd: int | None = None
         self._session: KernelSession | None = None
         self._launches = 0
+        self._deliveries = 0
         self._closed = False
 
     @abc.abstractmethod
@@ -271,44 +352,68 @@ class KernelSandbox(Sandbox):
     def _kill(self) -> None:
         """Kill the kernel process and everything it started."""
 
+    def _grant(self, ipcdir: Path) -> None:
+        """Let the kernel's user create its sockets in a new IPC directory (before launch)."""
+
     def _cleanup(self) -> None:
-        """Release per-sandbox resources after the last kill."""
+        """Release per-sandbox resources after the last kill (rmtree never follows links)."""
         shutil.rmtree(self.root, ignore_errors=True)
 
     def _startup_log(self) -> str:
         """What the kernel process printed, shown when it fails to start."""
         return ""
 
+    def delivery(self) -> Delivery:
+        self._deliveries += 1
+        host = self.inbox / str(self._deliveries)
+        return Delivery(host, self.path_in_sandbox(host))
+
     def kernel_args(self, connection_file: Path) -> list[str]:
         """The kernel's command line after the interpreter."""
         return ["-m", "ipykernel_launcher", "-f", str(connection_file),
-                "--HistoryManager.enabled=False", "--IPKernelApp.quiet=True"]
+                "--HistoryManager.enabled=False", "--IPKernelApp.quiet=True",
+                f"--IPKernelApp.exec_files={connection_file.parent / _GUARD_FILE}"]
 
     def kernel_environment(self) -> dict[str, str]:
         """The kernel's whole environment, built from nothing: no host secret reaches it."""
-        return {"HOME": str(self.workdir), "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
+        return {"HOME": self.workdir, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
                 "IPYTHONDIR": "/tmp/.ipython", "MPLBACKEND": "Agg"}
 
     async def start(self) -> None:
         if self._closed:
             raise SandboxStartError("this sandbox is closed")
         self._launches += 1
-        # A fresh IPC name per launch: a restarted kernel never meets its predecessor's sockets.
-        connection_file = self.ipcdir / f"kernel-{self._launches}.json"
+        # A fresh IPC directory per launch, made before any kernel runs: nothing the previous
+        # kernel planted can be in it, so writing the connection file there is safe.
+        self.ipcdir = self.root / f"ipc-{self._launches}"
+        self.ipcdir.mkdir(mode=0o700)
+        connection_file = self.ipcdir / "kernel.json"
         # Kept in memory: the kernel rewrites the file while starting, so reading it back races.
-        _, info = write_connection_file(
-            str(connection_file), transport="ipc", ip=str(self.ipcdir / f"k{self._launches}")
-        )
+        _, info = write_connection_file(str(connection_file), transport="ipc", ip=str(self.ipcdir / "k"),
+                                        key=secrets.token_hex(32).encode())
         connection_file.chmod(0o644)
+        # Run as a file, not as a cell: a cell's output capture would undo the stream patch.
+        guard = self.ipcdir / _GUARD_FILE
+        chunk = max(1024, self.limits.output_message_bytes // 16)
+        guard.write_text(f"{_GUARD_SOURCE}\n_rlm_guard({chunk})\ndel _rlm_guard\n")
+        guard.chmod(0o644)
+        self._grant(self.ipcdir)
+        self._ipc_fd = os.open(self.ipcdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
             await self._launch_async(connection_file)
             await self._wait_for_sockets(info)
-            self._session = KernelSession(info)
+            self._session = KernelSession(info, self._ipc_fd, self.limits)
+            await self._session.connect()
             await self._session.wait_ready(self.startup_timeout, self._alive)
         except SandboxStartError as exc:
             log = self._startup_log()
             await self._stop_kernel()
             raise SandboxStartError(f"{exc}\n--- kernel log ---\n{log}" if log else str(exc)) from None
+        except SandboxCrashed as exc:
+            log = self._startup_log()
+            await self._stop_kernel()
+            message = f"could not connect to the kernel: {exc}"
+            raise SandboxStartError(f"{message}\n--- kernel log ---\n{log}" if log else message) from None
         except BaseException:
             await self._stop_kernel()
             raise
@@ -316,14 +421,14 @@ class KernelSandbox(Sandbox):
     async def _wait_for_sockets(self, info: dict[str, Any]) -> None:
         """Wait until the kernel has bound all its IPC sockets.
 
-        Connecting earlier makes ZeroMQ retry each socket on its own timer, so the shell can be up
-        while stdin still is not: an input_request sent then is dropped and the cell never ends.
+        Connecting earlier would race the kernel: the shell can be up while stdin still is not,
+        and an input_request sent then is dropped and the cell never ends.
         """
-        paths = [Path(f"{info['ip']}-{info[name]}") for name in
-                 ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")]
+        assert self._ipc_fd is not None
+        names = KernelSession.socket_names(info)
         deadline = time.monotonic() + self.startup_timeout
         checked = 0.0
-        while not all(p.exists() for p in paths):
+        while not all(self._is_socket(name) for name in names):
             now = time.monotonic()
             if now > deadline:
                 raise SandboxStartError(f"kernel did not open its sockets within {self.startup_timeout:.0f}s")
@@ -332,6 +437,26 @@ class KernelSandbox(Sandbox):
                     raise SandboxStartError("kernel process exited during start-up")
                 checked = now
             await asyncio.sleep(0.01)
+
+    def _is_socket(self, name: str) -> bool:
+        try:
+            return stat.S_ISSOCK(os.stat(name, dir_fd=self._ipc_fd, follow_symlinks=False).st_mode)
+        except OSError:
+            return False
+
+    async def _crash(self, exc: SandboxCrashed) -> SandboxCrashed:
+        """The crash as the caller should see it: a closed channel means the kernel is dying, so
+        give it a moment and say whether it died, and whether the memory limit killed it."""
+        if type(exc) is not SandboxCrashed:
+            return exc
+        deadline = time.monotonic() + 2.0
+        while self._alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self._alive():
+            return SandboxCrashed("the kernel closed its channel")
+        if self.oom_killed:
+            return SandboxCrashed("the kernel process died: killed by the sandbox's memory limit")
+        return SandboxCrashed("the kernel process died")
 
     async def execute(
         self,
@@ -354,14 +479,19 @@ class KernelSandbox(Sandbox):
                 max_output_chars=max_output_chars,
                 alive=self._alive,
             )
-        except SandboxCrashed:
+        except SandboxCrashed as exc:
+            crash = await self._crash(exc)
             await self._stop_kernel()
-            raise
+            raise crash from None
         if finished:
             return result
         result.timed_out = True
-        await self._session.interrupt()
-        if not await self._session.finish(self.interrupt_grace):
+        try:
+            await self._session.interrupt()
+            stopped = await self._session.finish(self.interrupt_grace)
+        except SandboxCrashed:
+            stopped = False
+        if not stopped:
             await self.restart()
             result.restarted = True
         return result
@@ -376,9 +506,13 @@ class KernelSandbox(Sandbox):
 
     async def _stop_kernel(self) -> None:
         if self._session is not None:
-            self._session.close()
+            await self._session.close()
             self._session = None
         self._kill()
+        if self._ipc_fd is not None:
+            os.close(self._ipc_fd)
+            self._ipc_fd = None
+            shutil.rmtree(self.ipcdir, ignore_errors=True)  # the kernel is dead: nothing writes here now
 
     async def close(self) -> None:
         if self._closed:

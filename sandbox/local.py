@@ -15,18 +15,22 @@ import resource
 import shutil
 import signal
 import stat
+import re
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from .base import SandboxStartError, SandboxUnavailable
+from .base import KernelLimits, SandboxStartError, SandboxUnavailable
 from .kernel import KernelSandbox
 
 #: Unprivileged identity the kernel drops to when the controller runs as root ("nobody").
 SANDBOX_UID = 65534
+#: The kernel's working directory inside an isolating sandbox: its own size-limited tmpfs.
+WORKDIR = "/work"
 _SYSTEM_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _INSTALL_HINT = (
     "bubblewrap is not installed: run `apt-get install bubblewrap` (Debian/Ubuntu) or "
@@ -60,35 +64,88 @@ def _python_prefixes(python: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(os.path.realpath(p) for p in found))
 
 
+_CPU_PERIOD_US = 100_000
+
+
 class Cgroup:
-    """A per-sandbox cgroup (v2, or v1 memory + pids) with memory and process limits."""
+    """A per-sandbox cgroup (v2, or v1 memory + pids + cpu) with memory, process and CPU limits.
+
+    Only the host writes here: the sandbox mounts no cgroup filesystem.
+    """
 
     def __init__(self, dirs: list[Path]) -> None:
-        self.dirs = dirs
+        self.dirs = dirs  # v2: [path]; v1: [memory, pids, cpu]
 
     @classmethod
-    def create(cls, name: str, memory_bytes: int, max_pids: int) -> Cgroup | None:
+    def create(cls, name: str, memory_bytes: int, max_pids: int, cpus: float | None) -> Cgroup | None:
         """Make the cgroup, or return None where this process may not (no root, no delegation)."""
         base = Path("/sys/fs/cgroup")
+        quota = None if cpus is None else max(1000, int(cpus * _CPU_PERIOD_US))
+        made: list[Path] = []
         try:
             if (base / "cgroup.controllers").exists():
                 enabled = (base / "cgroup.subtree_control").read_text().split()
-                if not {"memory", "pids"} <= set(enabled):
+                if not {"memory", "pids", "cpu"} <= set(enabled):
                     return None
                 path = base / name
                 path.mkdir()
+                made.append(path)
                 (path / "memory.max").write_text(str(memory_bytes))
                 (path / "memory.swap.max").write_text("0")
                 (path / "pids.max").write_text(str(max_pids))
-                return cls([path])
-            memory, pids = base / "memory" / name, base / "pids" / name
-            memory.mkdir()
-            pids.mkdir()
+                if quota is not None:
+                    (path / "cpu.max").write_text(f"{quota} {_CPU_PERIOD_US}")
+                return cls(made)
+            for controller in ("memory", "pids", "cpu"):
+                (base / controller / name).mkdir()
+                made.append(base / controller / name)
+            memory, pids, cpu = made
             (memory / "memory.limit_in_bytes").write_text(str(memory_bytes))
             (pids / "pids.max").write_text(str(max_pids))
-            return cls([memory, pids])
+            if quota is not None:
+                (cpu / "cpu.cfs_period_us").write_text(str(_CPU_PERIOD_US))
+                (cpu / "cpu.cfs_quota_us").write_text(str(quota))
+            return cls(made)
         except OSError:
+            for path in reversed(made):
+                try:
+                    path.rmdir()
+                except OSError:
+                    pass
             return None
+
+    def _read(self, controller: str, v2_name: str, v1_name: str) -> str:
+        index = {"memory": 0, "pids": 1, "cpu": 2}[controller] if len(self.dirs) > 1 else 0
+        name = v1_name if len(self.dirs) > 1 else v2_name
+        try:
+            return (self.dirs[index] / name).read_text()
+        except OSError:
+            return ""
+
+    @property
+    def oom_kills(self) -> int:
+        """Processes the memory limit killed (the kernel's own record)."""
+        text = self._read("memory", "memory.events", "memory.oom_control")
+        match = re.search(r"^oom_kill (\d+)$", text, re.M)
+        return int(match.group(1)) if match else 0
+
+    @property
+    def tasks(self) -> int:
+        """Tasks (processes and threads) in the cgroup now, as the process limit counts them."""
+        text = self._read("pids", "pids.current", "pids.current").strip()
+        return int(text) if text else 0
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU time used by everything in the cgroup."""
+        if len(self.dirs) > 1:
+            text = self._read("cpu", "", "cpuacct.usage").strip()
+            if text:
+                return int(text) / 1e9
+            # cpuacct may be mounted apart from cpu: sum the members' own CPU time instead
+            return sum(_process_cpu_seconds(pid) for pid in self.pids())
+        match = re.search(r"^usage_usec (\d+)$", self._read("cpu", "cpu.stat", ""), re.M)
+        return int(match.group(1)) / 1e6 if match else 0.0
 
     def enter(self) -> None:
         """Move the calling process in (runs in the child between fork and exec)."""
@@ -97,7 +154,7 @@ class Cgroup:
 
     def pids(self) -> list[int]:
         try:
-            return [int(p) for p in (self.dirs[-1] / "cgroup.procs").read_text().split()]
+            return [int(p) for p in (self.dirs[0] / "cgroup.procs").read_text().split()]
         except OSError:
             return []
 
@@ -121,6 +178,42 @@ class Cgroup:
             time.sleep(0.01)
 
 
+def _process_cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class OutputTail:
+    """Drains a pipe on a thread, keeping only its last `limit` bytes: the kernel process's own
+    stdout/stderr reach the host bounded, however much it writes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        read_fd, self.write_fd = os.pipe()
+        self._tail = bytearray()
+        self._thread = threading.Thread(target=self._drain, args=(read_fd,), daemon=True,
+                                        name="rlm-kernel-output")
+        self._thread.start()
+
+    def _drain(self, fd: int) -> None:
+        with os.fdopen(fd, "rb", buffering=0) as pipe:
+            while chunk := pipe.read(1 << 16):
+                self._tail += chunk
+                if len(self._tail) > 2 * self.limit:
+                    del self._tail[: len(self._tail) - self.limit]
+
+    def text(self) -> str:
+        return bytes(self._tail[-self.limit :]).decode(errors="replace")
+
+    def close(self) -> None:
+        """Stop once every writer is gone (call after the kernel's processes are dead)."""
+        os.close(self.write_fd)
+        self._thread.join(timeout=5)
+
+
 class LocalSandbox(KernelSandbox):
     """A kernel on this machine: under bubblewrap (`isolated=True`) or as a plain process.
 
@@ -134,26 +227,36 @@ class LocalSandbox(KernelSandbox):
         isolated: bool = True,
         python: str | None = None,
         memory_limit: int | str = "4g",
+        cpus: float | None = 1.0,
         max_processes: int = 256,
         tmp_size: int | str = "1g",
+        disk_limit: int | str = "2g",
         mounts: Sequence[str | Path] = (),
         startup_timeout: float = 60.0,
+        limits: KernelLimits | None = None,
     ) -> None:
         if isolated and shutil.which("bwrap") is None:
             raise SandboxUnavailable(_INSTALL_HINT)
-        super().__init__(startup_timeout=startup_timeout)
+        super().__init__(startup_timeout=startup_timeout, limits=limits)
         self.isolated = isolated
         self.python = python or sys.executable
         self.memory_limit = parse_bytes(memory_limit)
+        self.cpus = cpus
         self.max_processes = max_processes
         self.tmp_size = parse_bytes(tmp_size)
+        self.disk_limit = parse_bytes(disk_limit)
         self.mounts = [Path(m).resolve() for m in mounts]
+        if isolated:
+            self.workdir = WORKDIR  # a tmpfs of `disk_limit` bytes inside the sandbox, not on host disk
+        else:  # unsafe-local: no boundary at all, so its work dir is a plain private host directory
+            self.workdir = str(self.root / "work")
+            os.mkdir(self.workdir, 0o700)
         self._proc: subprocess.Popen[bytes] | None = None
         self._cgroup: Cgroup | None = None
+        self._tail: OutputTail | None = None
+        self._oom_kills = 0
         self._drop_root = isolated and os.geteuid() == 0
         if self._drop_root:
-            for path in (self.root, self.ipcdir, self.workdir):
-                os.chown(path, SANDBOX_UID, SANDBOX_UID)
             for path in self.mounts:
                 needed = stat.S_IROTH | (stat.S_IXOTH if path.is_dir() else 0)
                 if path.stat().st_mode & needed != needed:
@@ -163,9 +266,13 @@ class LocalSandbox(KernelSandbox):
                         f"make it world-readable (chmod o+r{'x' if path.is_dir() else ''})"
                     )
 
+    def _grant(self, ipcdir: Path) -> None:
+        if self._drop_root:
+            os.chown(ipcdir, SANDBOX_UID, SANDBOX_UID)
+
     @property
-    def log_path(self) -> Path:
-        return self.root / "kernel.log"
+    def oom_killed(self) -> bool:
+        return self._oom_kills > 0 or (self._cgroup is not None and self._cgroup.oom_kills > 0)
 
     def kernel_environment(self) -> dict[str, str]:
         return {
@@ -173,7 +280,7 @@ class LocalSandbox(KernelSandbox):
             "PATH": f"{os.path.dirname(self.python)}:/usr/local/bin:/usr/bin:/bin",
             "PYTHONNOUSERSITE": "1",
             # unsafe-local shares the host's /tmp: keep IPython's files in the private work dir
-            "IPYTHONDIR": "/tmp/.ipython" if self.isolated else str(self.workdir / ".ipython"),
+            "IPYTHONDIR": "/tmp/.ipython" if self.isolated else f"{self.workdir}/.ipython",
         }
 
     def _bwrap_argv(self, connection_file: Path) -> list[str]:
@@ -212,11 +319,12 @@ class LocalSandbox(KernelSandbox):
                 bind(path)
         argv += ["--proc", "/proc", "--dev", "/dev"]
         argv += ["--perms", "1777", "--size", str(self.tmp_size), "--tmpfs", "/tmp"]
-        made.add("/tmp")
+        argv += ["--perms", "0777", "--size", str(self.disk_limit), "--tmpfs", self.workdir]
+        made.update(("/tmp", self.workdir))
         for path in _python_prefixes(self.python):
             bind(path)
         bind(str(self.ipcdir), writable=True)
-        bind(str(self.workdir), writable=True)
+        bind(str(self.inbox))
         for path in self.mounts:
             bind(str(path))
         for name, value in self.kernel_environment().items():
@@ -243,24 +351,25 @@ class LocalSandbox(KernelSandbox):
 
     def _launch(self, connection_file: Path) -> None:
         # unsafe-local gets the cgroup too: no isolation, but limits and a sure cleanup.
-        self._cgroup = Cgroup.create(f"rlm-{uuid.uuid4().hex[:12]}", self.memory_limit, self.max_processes)
+        self._cgroup = Cgroup.create(f"rlm-{uuid.uuid4().hex[:12]}", self.memory_limit, self.max_processes,
+                                     self.cpus)
         if self.isolated:
             argv, env, cwd = self._bwrap_argv(connection_file), {}, None
         else:
             argv = [self.python, *self.kernel_args(connection_file)]
             env, cwd = self.kernel_environment(), self.workdir
-        with open(self.log_path, "ab") as log:
-            try:
-                # Launched from the calling thread: bwrap's --die-with-parent follows this thread.
-                self._proc = subprocess.Popen(
-                    argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                    start_new_session=True, preexec_fn=self._limit_child,
-                )
-            except OSError as exc:
-                raise SandboxStartError(f"could not launch the kernel: {exc}") from exc
+        self._tail = OutputTail(self.limits.raw_output_bytes)
+        try:
+            # Launched from the calling thread: bwrap's --die-with-parent follows this thread.
+            self._proc = subprocess.Popen(
+                argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=self._tail.write_fd,
+                stderr=self._tail.write_fd, start_new_session=True, preexec_fn=self._limit_child,
+            )
+        except OSError as exc:
+            raise SandboxStartError(f"could not launch the kernel: {exc}") from exc
 
     def _startup_log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
+        return self._tail.text()[-2000:] if self._tail is not None else ""
 
     def _alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -275,5 +384,9 @@ class LocalSandbox(KernelSandbox):
             self._proc.wait()
             self._proc = None
         if self._cgroup is not None:
+            self._oom_kills += self._cgroup.oom_kills
             self._cgroup.destroy()
             self._cgroup = None
+        if self._tail is not None:
+            self._tail.close()
+            self._tail = None

@@ -38,7 +38,7 @@ async def test_state_persists_and_ready_returns_content(scripted):
     ])
     result = await run_on(server, "data")
     assert (result.status, result.answer) == ("ready", "41!")
-    assert [t.answer for t in result.turns] == ["", "", "41", "41!"]
+    assert [t.answer for t in result.turns] == [None, None, "41", "41!"]  # None: unchanged
     assert result.usage.root.calls == 4
 
 
