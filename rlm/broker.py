@@ -96,7 +96,8 @@ class Broker:
             return _error(f"llm_batch takes at most {self.config.max_batch_prompts:,} prompts per call")
         too_long = [i for i, p in enumerate(prompts) if len(p) > self.config.max_prompt_chars]
         if too_long:
-            return _error(f"prompts longer than {self.config.max_prompt_chars:,} characters at positions {too_long[:10]}")
+            limit = self.config.max_prompt_chars
+            return _error(f"prompts longer than {limit:,} characters at positions {too_long[:10]}")
         if self.config.max_depth == 0:
             return _error("llm_batch is disabled in this run (max_depth=0): solve it with code alone")
         budget = self.config.max_sub_calls

@@ -71,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     build = sandbox_commands.add_parser("build", help="build the sandbox image (once per recipe)")
     build.add_argument("--method", default="auto", choices=["auto", "debootstrap", "dockerfile"])
     build.add_argument("--force", action="store_true", help="rebuild even if the image exists")
-    sandbox_commands.add_parser("prune", help="remove every leftover rlm container")
+    sandbox_commands.add_parser("prune", help="remove every leftover rlm container, and the files of "
+                                "sandboxes whose controller died")
 
     serve = commands.add_parser("serve", help="run a model server until interrupted")
     which = serve.add_mutually_exclusive_group(required=True)
@@ -198,6 +199,7 @@ def _environments(names: list[str], options: list[str]) -> list[Any]:
 def _sandbox(args: argparse.Namespace) -> int:
     from sandbox.docker import docker_client, prune
     from sandbox.image import build_image
+    from sandbox.kernel import reap_orphans
 
     client = docker_client()
     if args.action == "build":
@@ -205,7 +207,7 @@ def _sandbox(args: argparse.Namespace) -> int:
         tag = build_image(client, args.method, force=args.force)
         print(f"{tag} ready ({time.monotonic() - started:.0f}s)")
     else:
-        print(f"removed {prune(client)} container(s)")
+        print(f"removed {prune(client)} container(s) and {reap_orphans()} orphaned sandbox dir(s)")
     return 0
 
 

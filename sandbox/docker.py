@@ -101,13 +101,17 @@ class DockerSandbox(KernelSandbox):
 
     @property
     def oom_killed(self) -> bool:
+        self._read_oom_record()
+        return self._oom_killed
+
+    def _read_oom_record(self) -> None:
+        """Fold the engine's OOM record of the current container in (kept after its removal)."""
         if self._container is not None:
             try:
                 self._container.reload()
                 self._oom_killed |= bool(self._container.attrs["State"].get("OOMKilled"))
             except Exception:  # removed meanwhile: what was read before stands
                 pass
-        return self._oom_killed
 
     def _launch(self, connection_file: Path) -> None:
         volumes = {str(self.ipcdir): {"bind": str(self.ipcdir), "mode": "rw"},
@@ -163,7 +167,7 @@ class DockerSandbox(KernelSandbox):
     def _kill(self) -> None:
         if self._container is not None:
             try:
-                self.oom_killed  # read the engine's record before the container goes
+                self._read_oom_record()  # before the container and its record go
                 self._container.remove(force=True)
             except Exception:  # already gone
                 pass

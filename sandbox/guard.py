@@ -11,12 +11,14 @@ the host's limits in `sandbox.wire` still hold then, and the kernel is restarted
 def _rlm_guard(chunk):
     """Install the bounds in this kernel."""
     import sys
+
     from IPython import get_ipython
 
     def cut(text):
         if len(text) <= chunk:
             return text
-        return text[: chunk // 2] + f"\n[... {len(text) - chunk:,} characters cut in the kernel ...]\n" + text[-chunk // 2 :]
+        mark = f"\n[... {len(text) - chunk:,} characters cut in the kernel ...]\n"
+        return text[: chunk // 2] + mark + text[-chunk // 2 :]
 
     # Patched on the class: IPython swaps the instances' `write` attributes around each cell.
     stream_type = type(sys.stdout)
@@ -24,7 +26,7 @@ def _rlm_guard(chunk):
 
     def write(self, text):
         pending = getattr(self, "_rlm_pending", 0)
-        if not isinstance(text, str) or len(text) <= chunk and pending + len(text) < chunk:
+        if not isinstance(text, str) or (len(text) <= chunk and pending + len(text) < chunk):
             self._rlm_pending = pending + (len(text) if isinstance(text, str) else 0)
             return write_all(self, text)
         for start in range(0, len(text), chunk):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import ast
 import asyncio
+import functools
 import json
 import os
 import re
@@ -34,8 +35,8 @@ from .base import (
     RequestHandler,
     Sandbox,
     SandboxCrashed,
-    SandboxProtocolError,
     SandboxStartError,
+    SandboxUnavailable,
 )
 from .runtime import RPC_PREFIX
 from .wire import Connection
@@ -307,6 +308,31 @@ def _expressions(raw: Any) -> dict[str, Any]:
     return values
 
 
+def reap_orphans() -> int:
+    """Remove the private directories of sandboxes whose controller died without cleaning up
+    (killed: its kernels died with it, their files stay); returns how many."""
+    reaped = 0
+    for path in Path(tempfile.gettempdir()).glob("rlm-*-*"):
+        pid = path.name.split("-")[1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # its controller still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        reaped += 1
+    return reaped
+
+
+@functools.cache
+def _reap_orphans_once() -> None:
+    reap_orphans()
+
+
 class KernelSandbox(Sandbox):
     """A `Sandbox` whose kernel runs as some process the subclass launches.
 
@@ -324,7 +350,10 @@ class KernelSandbox(Sandbox):
     def __init__(self, *, startup_timeout: float = 60.0, limits: KernelLimits | None = None) -> None:
         self.startup_timeout = startup_timeout
         self.limits = limits or KernelLimits()
-        self.root = Path(tempfile.mkdtemp(prefix="rlm-"))
+        if not shutil.rmtree.avoids_symlink_attacks:  # the cleanup below relies on it
+            raise SandboxUnavailable("this platform's shutil.rmtree can follow symlinks")
+        _reap_orphans_once()
+        self.root = Path(tempfile.mkdtemp(prefix=f"rlm-{os.getpid()}-"))
         self.inbox = self.root / "inbox"
         self.inbox.mkdir(mode=0o755)
         self.inbox.chmod(0o755)
@@ -389,8 +418,9 @@ class KernelSandbox(Sandbox):
         self.ipcdir.mkdir(mode=0o700)
         connection_file = self.ipcdir / "kernel.json"
         # Kept in memory: the kernel rewrites the file while starting, so reading it back races.
-        _, info = write_connection_file(str(connection_file), transport="ipc", ip=str(self.ipcdir / "k"),
+        _, written = write_connection_file(str(connection_file), transport="ipc", ip=str(self.ipcdir / "k"),
                                         key=secrets.token_hex(32).encode())
+        info = dict(written)
         connection_file.chmod(0o644)
         # Run as a file, not as a cell: a cell's output capture would undo the stream patch.
         guard = self.ipcdir / _GUARD_FILE

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import resource
 import shutil
 import signal
 import stat
-import re
 import subprocess
 import sys
 import threading
@@ -325,8 +325,8 @@ class LocalSandbox(KernelSandbox):
             bind(path)
         bind(str(self.ipcdir), writable=True)
         bind(str(self.inbox))
-        for path in self.mounts:
-            bind(str(path))
+        for mount in self.mounts:
+            bind(str(mount))
         for name, value in self.kernel_environment().items():
             argv += ["--setenv", name, value]
         argv += ["--chdir", str(self.workdir)]

@@ -1,0 +1,219 @@
+"""The sandbox boundary seen from the host: hostile code must not change a host file, fill the
+host's disk, or grow the controller's memory, whatever it writes, plants or sends.
+
+Every assertion here is made on the host: its files and their modes, its free disk space, the
+controller's peak memory measured in a process of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from sandbox import KernelLimits, SandboxProtocolError, create_sandbox
+from tests.conftest import ISOLATING, run_on
+from tests.controller_process import run_controller
+from tests.scripted_server import fenced
+
+each_backend = pytest.mark.parametrize("backend", ISOLATING)
+MB = 1 << 20
+
+
+class Victim:
+    """A host file (0600) in a host directory (0700) outside any sandbox, with a fingerprint."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "victim"
+        self.dir.mkdir(mode=0o700)
+        self.file = self.dir / "secret"
+        self.file.write_bytes(os.urandom(4096))
+        self.file.chmod(0o600)
+        self.before = self.fingerprint()
+
+    def fingerprint(self) -> tuple[object, ...]:
+        file, folder = os.lstat(self.file), os.lstat(self.dir)
+        return (hashlib.sha256(self.file.read_bytes()).hexdigest(), stat.S_IMODE(file.st_mode), file.st_uid,
+                file.st_mtime_ns, file.st_nlink, stat.S_IMODE(folder.st_mode), folder.st_uid,
+                sorted(os.listdir(self.dir)))
+
+
+@pytest.fixture
+def victim() -> Victim:
+    root = Path("/var/tmp") / f"rlm-victim-{os.getpid()}-{os.urandom(4).hex()}"  # not under the sandboxes' /tmp
+    root.mkdir(mode=0o700)
+    try:
+        yield Victim(root)
+    finally:
+        shutil.rmtree(root)
+
+
+def _plant(victim: Victim) -> str:
+    """Model code that plants links to the victim wherever the host might write next: every name
+    the controller ever wrote in the work dir, and the IPC directory of the next launch."""
+    return f"""
+import glob, os
+targets = [{str(victim.file)!r}, {str(victim.dir)!r}]
+names = ['context.txt', 'context.bin', 'context.json', '.rlm-wheelhouse', 'kernel.json', 'guard.py']
+places = [os.getcwd(), '/tmp'] + glob.glob('/tmp/rlm-*') + glob.glob('/tmp/rlm-*/*')
+planted = 0
+for place in places:
+    for name in names + ['kernel-2.json', 'ipc-2', 'ipc-3', '1', '2', '3']:
+        for target in targets:
+            try:
+                os.symlink(target, os.path.join(place, name if target == targets[0] else name + '.d'))
+                planted += 1
+            except OSError:
+                pass
+for wheel in glob.glob('/tmp/rlm-*/inbox/*/*'):  # delivered files: read-only, but try
+    try:
+        os.unlink(wheel)
+    except OSError:
+        pass
+print('planted', planted)
+"""
+
+
+@each_backend
+async def test_planted_links_never_redirect_a_host_write(scripted, victim, backend):
+    """The restore path after a crash, the restart after a timeout, and a pip delivery, each
+    preceded by links planted everywhere the sandbox can write."""
+    import rlm.broker
+
+    server = scripted([
+        fenced("answer['content'] = 'kept'"),
+        fenced(_plant(victim) + "\nimport os, signal\nos.kill(os.getpid(), signal.SIGKILL)"),
+        fenced(_plant(victim) + "\nimport signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+               "while True:\n    time.sleep(0.05)"),
+        fenced(_plant(victim) + "\nprint(pip_install(['inflection==0.5.1']))\nimport inflection"),
+        fenced("print(len(context), answer['content'])\nanswer['ready'] = True"),
+    ])
+    rlm.broker.WHEELHOUSE.mkdir(parents=True, exist_ok=True)
+    result = await run_on(server, "0123456789", sandbox=backend, allow_pip=["inflection"], exec_timeout=3)
+    assert victim.fingerprint() == victim.before
+    assert result.status == "ready" and result.turns[1].restarted and result.turns[2].restarted
+    assert "inflection-0.5.1" in result.turns[3].output
+    assert result.turns[4].output.strip() == "10 kept"
+
+
+@each_backend
+async def test_filling_the_work_dir_stops_at_its_limit_not_at_the_host_disk(backend):
+    limit = 64 * MB
+    before = shutil.disk_usage("/").used
+    async with create_sandbox(backend, disk_limit=limit) as box:
+        out = await box.execute(
+            "written, error = 0, None\n"
+            "try:\n"
+            "    with open('fill', 'wb') as f:\n"
+            "        while True:\n"
+            "            f.write(b'z' * 1_000_000); f.flush(); written += 1\n"
+            "except OSError as e:\n"
+            "    error = e.errno\n"
+            "print(written, error)", timeout=60)
+        grown = shutil.disk_usage("/").used - before
+    written, errno_ = out.stdout.split()
+    assert errno_ == "28" and int(written) * 1_000_000 <= limit  # ENOSPC inside, at the limit
+    assert grown < 32 * MB, f"host disk grew by {grown / MB:.0f} MB during the fill"
+
+
+@each_backend
+async def test_raw_output_reaches_the_host_only_as_a_capped_tail(backend):
+    limits = KernelLimits(raw_output_bytes=64 * 1024)
+    before = shutil.disk_usage("/").used
+    async with create_sandbox(backend, limits=limits) as box:
+        out = await box.execute(
+            "import os, sys\n"
+            "for _ in range(300):\n"
+            "    os.write(1, b'o' * 1_000_000); os.write(2, b'e' * 100_000)\n"
+            "print('done', file=sys.__stdout__, flush=True)", timeout=120, max_output_chars=1000)
+        grown = shutil.disk_usage("/").used - before
+        if backend == "docker":
+            box._container.reload()
+            log_size = os.path.getsize(box._container.attrs["LogPath"])
+            assert log_size <= 4 * limits.raw_output_bytes, f"container log is {log_size} bytes"
+        assert len(box._startup_log()) <= limits.raw_output_bytes
+        assert sorted(p.name for p in box.root.iterdir()) == ["inbox", "ipc-1"]  # no log file of ours
+    assert out.ok and out.chars_cut > 290_000_000  # it reached the REPL output, cut there
+    assert grown < 32 * MB, f"host disk grew by {grown / MB:.0f} MB for 330 MB of raw output"
+
+
+@each_backend
+async def test_oversized_and_overlong_messages_cut_the_channel(backend):
+    """Raw messages past the limits, sent on the kernel's own sockets: the host reads none of
+    them whole, names the limit, and a restart gives a working kernel."""
+    limits = KernelLimits(output_message_bytes=1 * MB, message_bytes=2 * MB)
+    attacks = {
+        "one frame over the limit": "k.session.send(k.iopub_socket, 'stream', "
+                                    "{'name': 'stdout', 'text': 'x' * 3_000_000}, parent=k.get_parent())",
+        "many frames, each small": "k.session.send(k.iopub_socket, 'stream', {'name': 'stdout', 'text': 'x'}, "
+                                   "parent=k.get_parent(), buffers=[b'z' * 100] * 500)",
+        "a request over the limit": "k.session.send(k.stdin_socket, 'input_request', {'prompt': 'p' * 5_000_000}, "
+                                    "parent=k.get_parent(), ident=k._parent_ident['shell'])",
+    }
+    async with create_sandbox(backend, limits=limits) as box:
+        for name, attack in attacks.items():
+            with pytest.raises(SandboxProtocolError, match=r"limit|parts"):
+                await box.execute(f"k = get_ipython().kernel\n{attack}\nimport time; time.sleep(5)", timeout=30)
+            await box.restart()
+            assert (await box.execute("print('fresh')")).stdout == "fresh\n", name
+
+
+@each_backend
+async def test_a_flood_of_output_messages_is_counted_and_dropped(backend):
+    limits = KernelLimits(output_messages=500)
+    async with create_sandbox(backend, limits=limits) as box:
+        out = await box.execute("from IPython.display import display\nfor i in range(5000):\n    display(i)",
+                                timeout=120, max_output_chars=2000)
+    assert out.ok and out.messages_dropped >= 4000
+    assert "dropped" in out.stderr
+
+
+@each_backend
+async def test_controller_memory_stays_bounded_under_answer_and_output_floods(scripted, backend):
+    """Six turns of a 200 MB answer, then floods of output, display data and hostile replies,
+    against a controller in its own process: its peak memory is measured, not pytest's."""
+    flood = [fenced("answer['content'] = 'a' * 200_000_000 + str(len(answer['content']))")] * 6 + [
+        fenced("import os\nfor _ in range(200): os.write(1, b'o' * 1_000_000)"),
+        fenced("print('p' * 150_000_000)"),
+        fenced("'r' * 150_000_000"),
+        fenced("from IPython.display import display\nfor i in range(20000): display('d' * 100)"),
+        fenced("def _rlm_state():\n    return 's' * 15_000_000"),
+        fenced("def _rlm_state():\n    return 's' * 100_000_000"),
+        fenced("answer = {'content': 'done', 'ready': True}"),
+    ]
+    baseline = run_controller(scripted([fenced("answer = {'content': 'done', 'ready': True}")]).base_url,
+                              sandbox=backend)
+    report = run_controller(scripted(flood).base_url, sandbox=backend, max_turns=len(flood))
+    assert report["status"] == "ready", report
+    assert all("answer_cut" in events for events in report["events"][:6]), report["events"]
+    assert report["turn_answers"][:6] == [2_000_000] + [None] * 5  # cut once, unchanged after: no copies
+    assert "kernel_restarted" in report["events"][11] and "state_unreadable" in report["events"][10]
+    grown = report["peak_rss_mb"] - baseline["peak_rss_mb"]
+    print(f"controller peak {report['peak_rss_mb']:.0f} MB, baseline {baseline['peak_rss_mb']:.0f} MB")
+    assert grown < 250, f"controller peak grew by {grown:.0f} MB (baseline {baseline['peak_rss_mb']:.0f} MB)"
+
+
+async def test_files_of_a_killed_controller_are_reaped_without_following_links(victim, tmp_path):
+    import subprocess
+    import tempfile
+
+    from sandbox.kernel import reap_orphans
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = Path(tempfile.gettempdir()) / f"rlm-{dead.pid}-test"
+    (orphan / "ipc-1").mkdir(parents=True)
+    (orphan / "ipc-1" / "link").symlink_to(victim.dir)
+    (orphan / "inbox").symlink_to(victim.dir)
+    live = Path(tempfile.mkdtemp(prefix=f"rlm-{os.getppid()}-"))  # pytest's parent runs: not an orphan
+    try:
+        assert reap_orphans() >= 1
+        assert not orphan.exists() and live.exists()
+        assert victim.fingerprint() == victim.before
+    finally:
+        shutil.rmtree(live)
+        shutil.rmtree(orphan, ignore_errors=True)
