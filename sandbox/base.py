@@ -56,6 +56,13 @@ class KernelLimits:
     #: Tail of the kernel process's own stdout/stderr kept for start-up diagnostics.
     raw_output_bytes: int = 64 << 10
 
+    def __post_init__(self) -> None:
+        floors = {"message_bytes": 64 << 10, "output_message_bytes": 64 << 10,  # a kernel_info reply fits
+                  "output_messages": 1, "raw_output_bytes": 1 << 10}
+        low = [f"{name} >= {floor:,}" for name, floor in floors.items() if getattr(self, name) < floor]
+        if low:
+            raise ValueError(f"KernelLimits too small: need {', '.join(low)}")
+
 
 @dataclass
 class Output:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,7 @@ class DockerSandbox(KernelSandbox):
         disk_limit: int | str = "2g",
         mounts: Sequence[str | Path] = (),
         startup_timeout: float = 60.0,
-        limits: KernelLimits | None = None,
+        limits: KernelLimits | Mapping[str, int] | None = None,
     ) -> None:
         self.client = docker_client()
         super().__init__(startup_timeout=startup_timeout, limits=limits)

@@ -20,7 +20,7 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -347,9 +347,11 @@ class KernelSandbox(Sandbox):
     #: How long an interrupted cell may take to stop before the kernel is restarted.
     interrupt_grace: float = 3.0
 
-    def __init__(self, *, startup_timeout: float = 60.0, limits: KernelLimits | None = None) -> None:
+    def __init__(self, *, startup_timeout: float = 60.0,
+                 limits: KernelLimits | Mapping[str, int] | None = None) -> None:
         self.startup_timeout = startup_timeout
-        self.limits = limits or KernelLimits()
+        # a mapping too, so that limits can come from JSON (the CLI, saved configs)
+        self.limits = limits if isinstance(limits, KernelLimits) else KernelLimits(**(limits or {}))
         if not shutil.rmtree.avoids_symlink_attacks:  # the cleanup below relies on it
             raise SandboxUnavailable("this platform's shutil.rmtree can follow symlinks")
         _reap_orphans_once()

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .base import KernelLimits, SandboxStartError, SandboxUnavailable
@@ -233,7 +233,7 @@ class LocalSandbox(KernelSandbox):
         disk_limit: int | str = "2g",
         mounts: Sequence[str | Path] = (),
         startup_timeout: float = 60.0,
-        limits: KernelLimits | None = None,
+        limits: KernelLimits | Mapping[str, int] | None = None,
     ) -> None:
         if isolated and shutil.which("bwrap") is None:
             raise SandboxUnavailable(_INSTALL_HINT)

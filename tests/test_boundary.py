@@ -217,3 +217,22 @@ async def test_files_of_a_killed_controller_are_reaped_without_following_links(v
     finally:
         shutil.rmtree(live)
         shutil.rmtree(orphan, ignore_errors=True)
+
+
+@each_backend
+async def test_work_dir_is_a_tmpfs_of_the_default_disk_limit_and_the_inbox_is_read_only(backend):
+    async with create_sandbox(backend) as box:
+        where = box.delivery().write("data.txt", [b"host bytes"])
+        out = await box.execute(
+            "import os\n"
+            "work, inbox = os.statvfs('/work'), os.statvfs(os.path.dirname(DATA))\n"
+            "print(work.f_blocks * work.f_frsize, bool(inbox.f_flag & os.ST_RDONLY), os.getcwd())\n"
+            "try:\n    open(DATA, 'a')\nexcept OSError as e:\n    print(e.errno)".replace("DATA", repr(where)))
+    size, read_only, cwd, errno_ = out.stdout.split()
+    assert (int(size), read_only, cwd) == (2 << 30, "True", "/work")
+    assert errno_ in ("13", "30")  # not the owner (root's 0644 file), on a read-only mount either way
+
+
+def test_limits_too_small_to_work_are_refused():
+    with pytest.raises(ValueError, match="message_bytes >= 65,536"):
+        KernelLimits(message_bytes=1000)
