@@ -199,7 +199,7 @@ def _environments(names: list[str], options: list[str]) -> list[Any]:
 def _sandbox(args: argparse.Namespace) -> int:
     from sandbox.docker import docker_client, prune
     from sandbox.image import build_image
-    from sandbox.kernel import reap_orphans
+    from sandbox import reap_orphans
 
     client = docker_client()
     if args.action == "build":
@@ -207,7 +207,7 @@ def _sandbox(args: argparse.Namespace) -> int:
         tag = build_image(client, args.method, force=args.force)
         print(f"{tag} ready ({time.monotonic() - started:.0f}s)")
     else:
-        print(f"removed {prune(client)} container(s) and {reap_orphans()} orphaned sandbox dir(s)")
+        print(f"removed {prune(client)} container(s) and {reap_orphans()} orphaned sandbox dir(s) and cgroup(s)")
     return 0
 
 

@@ -23,6 +23,15 @@ from .pool import SandboxPool
 BACKENDS = ("local", "unsafe-local", "docker")
 
 
+def reap_orphans() -> int:
+    """Remove what sandboxes of killed controllers left on this host (their kernels died with
+    them): private directories and cgroups. Containers: `sandbox.docker.prune`. Returns a count."""
+    from .kernel import reap_orphan_dirs
+    from .local import Cgroup
+
+    return reap_orphan_dirs() + Cgroup.reap_orphans()
+
+
 def create_sandbox(backend: str = "local", **options: Any) -> Sandbox:
     """A not-yet-started sandbox of the named backend."""
     if backend == "local":
@@ -51,4 +60,5 @@ __all__ = [
     "SandboxStartError",
     "SandboxUnavailable",
     "create_sandbox",
+    "reap_orphans",
 ]

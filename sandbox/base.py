@@ -203,7 +203,11 @@ class Sandbox(abc.ABC):
         return str(host_path)
 
     async def __aenter__(self) -> Sandbox:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()  # nothing a failed start made may outlive it
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:

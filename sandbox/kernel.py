@@ -308,29 +308,33 @@ def _expressions(raw: Any) -> dict[str, Any]:
     return values
 
 
-def reap_orphans() -> int:
+def controller_gone(name: str) -> bool:
+    """Whether `name` ("rlm-<pid>-...", as this module and the backends name what a sandbox
+    leaves on the host) belongs to a controller process that no longer runs."""
+    pid = name.split("-")[1] if name.count("-") >= 2 else ""
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # someone else's live process
+        pass
+    return False
+
+
+def reap_orphan_dirs() -> int:
     """Remove the private directories of sandboxes whose controller died without cleaning up
     (killed: its kernels died with it, their files stay); returns how many."""
-    reaped = 0
-    for path in Path(tempfile.gettempdir()).glob("rlm-*-*"):
-        pid = path.name.split("-")[1]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # its controller still runs
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
+    orphans = [path for path in Path(tempfile.gettempdir()).glob("rlm-*-*") if controller_gone(path.name)]
+    for path in orphans:
         shutil.rmtree(path, ignore_errors=True)
-        reaped += 1
-    return reaped
+    return len(orphans)
 
 
 @functools.cache
 def _reap_orphans_once() -> None:
-    reap_orphans()
+    reap_orphan_dirs()
 
 
 class KernelSandbox(Sandbox):

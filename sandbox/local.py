@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .base import KernelLimits, SandboxStartError, SandboxUnavailable
-from .kernel import KernelSandbox
+from .kernel import KernelSandbox, controller_gone
 
 #: Unprivileged identity the kernel drops to when the controller runs as root ("nobody").
 SANDBOX_UID = 65534
@@ -158,6 +158,16 @@ class Cgroup:
         except OSError:
             return []
 
+    @classmethod
+    def reap_orphans(cls) -> int:
+        """Destroy the cgroups of sandboxes whose controller died; returns how many."""
+        base = Path("/sys/fs/cgroup")
+        roots = [base] if (base / "cgroup.controllers").exists() else [base / c for c in ("memory", "pids", "cpu")]
+        names = {path.name for root in roots for path in root.glob("rlm-*-*") if controller_gone(path.name)}
+        for name in names:
+            cls([root / name for root in roots]).destroy()
+        return len(names)
+
     def destroy(self) -> None:
         """Kill every process inside, then remove the cgroup (retrying while the kernel reaps)."""
         for _ in range(500):
@@ -167,7 +177,7 @@ class Cgroup:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            remaining = [path for path in self.dirs if path.exists()]
+            remaining = [path for path in self.dirs if path.exists()]  # an orphan may lack some
             for path in remaining if not alive else ():
                 try:
                     path.rmdir()
@@ -176,6 +186,11 @@ class Cgroup:
             if not remaining:
                 return
             time.sleep(0.01)
+
+
+@functools.cache
+def _reap_cgroups_once() -> None:
+    Cgroup.reap_orphans()
 
 
 def _process_cpu_seconds(pid: int) -> float:
@@ -238,6 +253,7 @@ class LocalSandbox(KernelSandbox):
         if isolated and shutil.which("bwrap") is None:
             raise SandboxUnavailable(_INSTALL_HINT)
         super().__init__(startup_timeout=startup_timeout, limits=limits)
+        _reap_cgroups_once()
         self.isolated = isolated
         self.python = python or sys.executable
         self.memory_limit = parse_bytes(memory_limit)
@@ -342,7 +358,10 @@ class LocalSandbox(KernelSandbox):
         if self._cgroup is not None:
             self._cgroup.enter()
             return
-        resource.setrlimit(resource.RLIMIT_AS, (self.memory_limit, self.memory_limit))
+        # The data limit (heap and private mappings), not the address space: an idle kernel maps
+        # some 650 MB of address space but uses about 120 MB of data, so RLIMIT_AS would stop a
+        # 512m sandbox from starting at all.
+        resource.setrlimit(resource.RLIMIT_DATA, (self.memory_limit, self.memory_limit))
         if os.geteuid() != 0:
             # RLIMIT_NPROC counts all of this user's processes, so allow for those already running.
             running = sum(1 for p in Path("/proc").iterdir() if p.name.isdigit())
@@ -351,8 +370,8 @@ class LocalSandbox(KernelSandbox):
 
     def _launch(self, connection_file: Path) -> None:
         # unsafe-local gets the cgroup too: no isolation, but limits and a sure cleanup.
-        self._cgroup = Cgroup.create(f"rlm-{uuid.uuid4().hex[:12]}", self.memory_limit, self.max_processes,
-                                     self.cpus)
+        self._cgroup = Cgroup.create(f"rlm-{os.getpid()}-{uuid.uuid4().hex[:12]}", self.memory_limit,
+                                     self.max_processes, self.cpus)
         if self.isolated:
             argv, env, cwd = self._bwrap_argv(connection_file), {}, None
         else:

@@ -201,7 +201,7 @@ async def test_files_of_a_killed_controller_are_reaped_without_following_links(v
     import subprocess
     import tempfile
 
-    from sandbox.kernel import reap_orphans
+    from sandbox import reap_orphans
 
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -236,3 +236,18 @@ async def test_work_dir_is_a_tmpfs_of_the_default_disk_limit_and_the_inbox_is_re
 def test_limits_too_small_to_work_are_refused():
     with pytest.raises(ValueError, match="message_bytes >= 65,536"):
         KernelLimits(message_bytes=1000)
+
+
+def test_cgroups_of_a_killed_controller_are_reaped():
+    import subprocess
+
+    from sandbox import reap_orphans
+    from sandbox.local import Cgroup
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    cgroup = Cgroup.create(f"rlm-{dead.pid}-test", 64 * MB, 8, 1.0)
+    if cgroup is None:
+        pytest.skip("no cgroup delegation without root")
+    reap_orphans()
+    assert not any(path.exists() for path in cgroup.dirs)
