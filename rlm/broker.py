@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 import os
 import re
 import sys
@@ -18,12 +19,14 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from sandbox import Delivery
+from sandbox import Delivery, valid_text
 
 from .config import RLMConfig
 from .errors import RLMError
 from .models import ModelClient
 from .trajectory import Result, SubCall, Usage
+
+log = logging.getLogger("rlm")
 
 #: Runs `prompt` as a nested RLM one level down; supplied by the controller for depth > 1.
 SpawnChild = Callable[[str], Awaitable[Result]]
@@ -94,6 +97,7 @@ class Broker:
             return _error("llm_batch needs a list of strings")
         if len(prompts) > self.config.max_batch_prompts:
             return _error(f"llm_batch takes at most {self.config.max_batch_prompts:,} prompts per call")
+        prompts = [valid_text(p) for p in prompts]  # the request's JSON may spell lone surrogates
         too_long = [i for i, p in enumerate(prompts) if len(p) > self.config.max_prompt_chars]
         if too_long:
             limit = self.config.max_prompt_chars
@@ -121,8 +125,10 @@ class Broker:
                     await self._nested(prompt, record)
                 else:
                     await asyncio.wait_for(self._complete(prompt, record), self.config.request_timeout)
-            except (RLMError, TimeoutError) as exc:
+            except Exception as exc:  # a sub-call's failure is its slot's error, never the run's
                 record.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                if not isinstance(exc, (RLMError, TimeoutError)):
+                    log.exception("sub-call failed unexpectedly")
         record.latency = time.monotonic() - started
         return f"[error] {record.error}" if record.error else record.completion
 

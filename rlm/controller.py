@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sandbox import Sandbox, SandboxCrashed, SandboxError, create_sandbox
+from sandbox import Sandbox, SandboxCrashed, SandboxError, create_sandbox, valid_text
 from sandbox import runtime as sandbox_runtime
 
 from . import prompts
@@ -135,6 +135,9 @@ class Controller:
             result.status, result.error = "timeout", f"the run exceeded its {config.timeout:g}s timeout"
         except (ModelError, SandboxError) as exc:
             result.status, result.error = "error", f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a bug of ours must not lose the run: record it, keep the result
+            log.exception("run failed")
+            result.status, result.error = "error", f"internal error: {type(exc).__name__}: {exc}"
         finally:
             await root.close()
             await sub.close()
@@ -347,7 +350,7 @@ def _parse_state(raw: Any) -> AnswerState | str | None:
         if not isinstance(state, dict):
             return None
         if "invalid" in state:
-            return str(state["invalid"])[:100]
+            return valid_text(str(state["invalid"])[:100])
         content = base64.b64decode(state["content"], validate=True).decode("utf-8", "replace")
         length, ready = state["length"], state["ready"]
     except (ValueError, KeyError, TypeError, RecursionError):

@@ -97,6 +97,8 @@ class ModelClient:
             raise ModelError(f"{self.model}: request rejected: {exc}") from exc
         except openai.OpenAIError as exc:
             raise ModelError(f"{self.model}: {type(exc).__name__}: {exc}") from exc
+        except UnicodeEncodeError as exc:  # text that is not valid UTF-8 (a lone surrogate)
+            raise ModelError(f"{self.model}: the request is not valid UTF-8: {exc}") from exc
         latency = time.monotonic() - started
         if not response.choices:
             raise ModelError(f"{self.model}: the server returned no choices")

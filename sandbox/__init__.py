@@ -15,6 +15,7 @@ from .base import (
     SandboxProtocolError,
     SandboxStartError,
     SandboxUnavailable,
+    valid_text,
 )
 from .local import LocalSandbox
 from .pool import SandboxPool
@@ -61,4 +62,5 @@ __all__ = [
     "SandboxUnavailable",
     "create_sandbox",
     "reap_orphans",
+    "valid_text",
 ]

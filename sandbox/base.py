@@ -64,6 +64,16 @@ class KernelLimits:
             raise ValueError(f"KernelLimits too small: need {', '.join(low)}")
 
 
+def valid_text(text: str) -> str:
+    """`text` with any lone surrogate replaced: what a kernel sends can hold them (a JSON escape
+    such as \\ud800 decodes to one), and no UTF-8 request, file or JSON dump can carry them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
 @dataclass
 class Output:
     """Captured text with bounded memory: keeps a head and a tail, counts what it dropped."""

@@ -37,6 +37,7 @@ from .base import (
     SandboxCrashed,
     SandboxStartError,
     SandboxUnavailable,
+    valid_text,
 )
 from .runtime import RPC_PREFIX
 from .wire import Connection
@@ -273,7 +274,7 @@ def _well_formed(message: dict[str, Any]) -> bool:
 
 
 def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ""
+    return valid_text(value) if isinstance(value, str) else ""
 
 
 def _collect(msg: dict[str, Any], result: ExecutionResult, stdout: Output, stderr: Output) -> None:
@@ -285,7 +286,7 @@ def _collect(msg: dict[str, Any], result: ExecutionResult, stdout: Output, stder
         data = content.get("data")
         text = data.get("text/plain") if isinstance(data, dict) else None
         if isinstance(text, str):
-            stdout.write(text + "\n")
+            stdout.write(valid_text(text) + "\n")
     elif kind == "error":
         result.error_name = _text(content.get("ename")) or "Error"
         lines = content.get("traceback")
@@ -293,18 +294,31 @@ def _collect(msg: dict[str, Any], result: ExecutionResult, stdout: Output, stder
         result.error = _ANSI.sub("", "\n".join(lines))
 
 
+#: The repr of a str holding no quote or backslash: read back without parsing.
+_PLAIN_STR = re.compile(r"'[^'\\\n]*'")
+#: Longest expression text parsed as a literal: an AST costs some 350 bytes per byte of source,
+#: and the text is the kernel's to choose.
+_MAX_LITERAL_CHARS = 64 << 10
+
+
 def _expressions(raw: Any) -> dict[str, Any]:
+    """User-expression values: literals parsed back into Python values, bounded in cost; a plain
+    str of any length as itself; anything else as its text."""
     values: dict[str, Any] = {}
     for name, value in raw.items() if isinstance(raw, dict) else ():
         data = value.get("data") if isinstance(value, dict) and value.get("status") == "ok" else None
         text = data.get("text/plain") if isinstance(data, dict) else None
         if not isinstance(text, str):
             values[name] = None
-            continue
-        try:
-            values[name] = ast.literal_eval(text)
-        except Exception:  # not a literal (or a hostile one nested past the parser's depth)
-            values[name] = text
+        elif _PLAIN_STR.fullmatch(text):
+            values[name] = valid_text(text[1:-1])
+        elif len(text) <= _MAX_LITERAL_CHARS:
+            try:
+                values[name] = ast.literal_eval(text)
+            except Exception:  # not a literal (or a hostile one nested past the parser's depth)
+                values[name] = valid_text(text)
+        else:
+            values[name] = valid_text(text)
     return values
 
 
@@ -508,7 +522,7 @@ class KernelSandbox(Sandbox):
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             result, finished = await self._session.execute(
-                code,
+                valid_text(code),
                 deadline=deadline,
                 on_request=on_request,
                 user_expressions=user_expressions,
