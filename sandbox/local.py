@@ -143,7 +143,7 @@ class Cgroup:
             if text:
                 return int(text) / 1e9
             # cpuacct may be mounted apart from cpu: sum the members' own CPU time instead
-            return sum(_process_cpu_seconds(pid) for pid in self.pids())
+            return sum(process_cpu_seconds(pid) for pid in self.pids())
         match = re.search(r"^usage_usec (\d+)$", self._read("cpu", "cpu.stat", ""), re.M)
         return int(match.group(1)) / 1e6 if match else 0.0
 
@@ -193,7 +193,8 @@ def _reap_cgroups_once() -> None:
     Cgroup.reap_orphans()
 
 
-def _process_cpu_seconds(pid: int) -> float:
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used, from the host's /proc."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
