@@ -46,6 +46,8 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _POLL_SECONDS = 0.25
 _LOST_IDLE_GRACE = 2.0
 _CHANNELS = ("shell", "iopub", "stdin", "control")
+#: How long a kernel may leave a message we send unread before its channel counts as broken.
+_SEND_SECONDS = 30.0
 
 #: Source of the kernel-side guard, run from a file the host writes before each launch.
 _GUARD_SOURCE = (Path(__file__).with_name("guard.py")).read_text()
@@ -105,7 +107,7 @@ class KernelSession:
     async def _send(self, channel: str, msg_type: str, content: dict[str, Any],
                     parent: dict[str, Any] | None = None) -> str:
         message = self.session.msg(msg_type, content, parent=parent)
-        await self._channels[channel].send(self.session.serialize(message))
+        await self._channels[channel].send(self.session.serialize(message), timeout=_SEND_SECONDS)
         return str(message["header"]["msg_id"])
 
     async def _next(self, timeout: float) -> tuple[str, dict[str, Any]] | None:

@@ -129,11 +129,19 @@ class Connection:
                 self.close()
                 raise SandboxProtocolError(f"the kernel sent a message of over {self.max_frames} parts")
 
-    async def send(self, frames: Sequence[bytes], *, flags: int = 0) -> None:
+    async def send(self, frames: Sequence[bytes], *, flags: int = 0, timeout: float | None = None) -> None:
+        """Send one message; a kernel that does not take it within `timeout` seconds (it stopped
+        reading) gets its channel cut."""
         last = len(frames) - 1
         for index, body in enumerate(frames):
             self._writer.write(_frame(body, flags | (_MORE if index < last else 0)))
-        await self._writer.drain()
+        try:
+            await asyncio.wait_for(self._writer.drain(), timeout)
+        except TimeoutError:
+            self.close()
+            raise SandboxProtocolError(f"the kernel took no message for {timeout:g}s; its channel was cut") from None
+        except ConnectionError as exc:
+            raise SandboxCrashed("the kernel closed its socket") from exc
 
     def close(self) -> None:
         self._writer.close()

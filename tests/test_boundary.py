@@ -7,6 +7,7 @@ controller's peak memory measured in a process of its own.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shutil
@@ -251,3 +252,22 @@ def test_cgroups_of_a_killed_controller_are_reaped():
         pytest.skip("no cgroup delegation without root")
     reap_orphans()
     assert not any(path.exists() for path in cgroup.dirs)
+
+
+@each_backend
+async def test_a_kernel_that_stops_reading_cannot_block_the_controller(backend, monkeypatch):
+    import time
+
+    import sandbox.kernel
+
+    monkeypatch.setattr(sandbox.kernel, "_SEND_SECONDS", 2.0)
+    async with create_sandbox(backend) as box:
+        await box.execute("import os, signal, threading\n"
+                          "threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGSTOP)).start()")
+        await asyncio.sleep(1)  # stopped: its socket buffers fill and stay full
+        started = time.monotonic()
+        with pytest.raises(SandboxProtocolError, match="took no message"):
+            await box.execute("x = '" + "a" * 10_000_000 + "'", timeout=120)
+        assert time.monotonic() - started < 10
+        await box.restart()
+        assert (await box.execute("print('fresh')")).stdout == "fresh\n"
