@@ -80,6 +80,7 @@ class Broker:
         #: Makes a new read-only directory in the sandbox for delivered wheels.
         self.delivery: Callable[[], Delivery] | None = None
         self.calls_used = 0
+        self.recorded_chars = 0  # of sub-call prompts kept in the result
         self.refused = False
         self._limit = asyncio.Semaphore(config.max_sub_concurrency)
         self._tools = {fn.__name__: fn for fn in config.sub_tools}
@@ -115,8 +116,18 @@ class Broker:
         results = await asyncio.gather(*(self._one(prompt) for prompt in prompts))
         return {"ok": True, "result": results}
 
+    def _recorded(self, prompt: str) -> str:
+        """The prompt as the result keeps it: whole until the run's `max_recorded_chars` are
+        spent, then its head and its length (the model still gets all of it)."""
+        budget = self.config.max_recorded_chars - self.recorded_chars
+        if len(prompt) > budget:
+            head = prompt[: min(1000, max(budget, 0))]
+            prompt = f"{head}\n[... {len(prompt) - len(head):,} characters not recorded: max_recorded_chars spent ...]"
+        self.recorded_chars += len(prompt)
+        return prompt
+
     async def _one(self, prompt: str) -> str:
-        record = SubCall(turn=self.turn, depth=self.depth + 1, prompt=prompt)
+        record = SubCall(turn=self.turn, depth=self.depth + 1, prompt=self._recorded(prompt))
         self.sub_calls.append(record)
         started = time.monotonic()
         async with self._limit:

@@ -49,6 +49,8 @@ class RLMConfig(BaseModel):
     max_answer_chars: int = Field(default=2_000_000, ge=1, description="answer[\"content\"] kept per turn.")
     max_prompt_chars: int = Field(default=2_000_000, ge=1, description="One llm_batch prompt.")
     max_batch_prompts: int = Field(default=10_000, ge=1, description="Prompts in one llm_batch call.")
+    max_recorded_chars: int = Field(default=64_000_000, ge=0,
+                                    description="Sub-call prompt text kept in the Result; then heads only.")
     preview_chars: int = Field(default=500, ge=0)
 
     sub_tools: list[Callable[..., Any]] = Field(default_factory=list)

@@ -27,6 +27,8 @@ LABEL = "rlm.sandbox"
 SANDBOX_USER = "65534:65534"
 #: PID 1's child in the container: runs the kernel, and kills everything in the container when
 #: its stdin (attached by the controller, closed by the engine once the controller is gone) ends.
+#: It runs as root with only the capabilities to kill and to drop to the kernel's user, so the
+#: kernel (uid 65534, no capabilities) can neither signal nor trace it.
 WATCHDOG = """\
 import os, subprocess, sys, threading
 kernel = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL)
@@ -125,9 +127,10 @@ class DockerSandbox(KernelSandbox):
         try:
             self._container = self.client.containers.create(
                 self.image,
-                ["python3", "-c", WATCHDOG, "python3", *self.kernel_args(connection_file)],
-                init=True, network_mode="none", read_only=True, user=SANDBOX_USER,
-                cap_drop=["ALL"], security_opt=["no-new-privileges"],
+                ["python3", "-c", WATCHDOG, "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+                 "--inh-caps=-all", "--", "python3", *self.kernel_args(connection_file)],
+                init=True, network_mode="none", read_only=True, user="0:0",
+                cap_drop=["ALL"], cap_add=["KILL", "SETUID", "SETGID"], security_opt=["no-new-privileges"],
                 mem_limit=self.memory_limit, memswap_limit=self.memory_limit,
                 nano_cpus=int(self.cpus * 1e9), pids_limit=self.max_processes,
                 tmpfs={"/tmp": f"size={self.tmp_size},mode=1777",
@@ -147,7 +150,14 @@ class DockerSandbox(KernelSandbox):
 
     async def _launch_async(self, connection_file: Path) -> None:
         # The SDK blocks for the engine's round trips: keep the event loop (other runs) moving.
-        await asyncio.to_thread(self._launch, connection_file)
+        # A cancelled start still waits for the thread, so the container it makes is known to
+        # `_kill` and removed, never left running after the sandbox closed.
+        launch = asyncio.ensure_future(asyncio.to_thread(self._launch, connection_file))
+        try:
+            await asyncio.shield(launch)
+        except asyncio.CancelledError:
+            await asyncio.wait([launch])
+            raise
 
     def _startup_log(self) -> str:
         try:

@@ -11,13 +11,16 @@ from __future__ import annotations
 import abc
 import ast
 import asyncio
+import contextlib
 import functools
 import json
+import logging
 import os
 import re
 import secrets
 import shutil
 import stat
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -35,6 +38,7 @@ from .base import (
     RequestHandler,
     Sandbox,
     SandboxCrashed,
+    SandboxProtocolError,
     SandboxStartError,
     SandboxUnavailable,
     valid_text,
@@ -43,9 +47,14 @@ from .runtime import RPC_PREFIX
 from .wire import Connection
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+log = logging.getLogger("rlm.sandbox")
+
 _POLL_SECONDS = 0.25
 _LOST_IDLE_GRACE = 2.0
 _CHANNELS = ("shell", "iopub", "stdin", "control")
+#: Most JSON containers and elements one message may hold (see `_json_items`).
+_MAX_JSON_ITEMS = 250_000
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 #: How long a kernel may leave a message we send unread before its channel counts as broken.
 _SEND_SECONDS = 30.0
 
@@ -88,13 +97,23 @@ class KernelSession:
         self._readers = [asyncio.create_task(self._read(channel)) for channel in self._channels]
 
     async def _read(self, channel: str) -> None:
-        connection = self._channels[channel]
+        """Feed one channel's messages to the queue; whatever ends the channel is queued too, so
+        the reader of the queue always learns of it."""
+        try:
+            await self._read_messages(self._channels[channel], channel)
+        except SandboxCrashed as exc:  # closed, or a limit broken: the channel is over
+            await self._incoming.put(exc)
+        except Exception as exc:
+            self._channels[channel].close()
+            await self._incoming.put(SandboxProtocolError(f"reading the kernel's {channel} channel failed: {exc!r}"))
+
+    async def _read_messages(self, connection: Connection, channel: str) -> None:
         while True:
-            try:
-                frames = await connection.recv()
-            except SandboxCrashed as exc:  # closed, or a limit broken: the channel is over
-                await self._incoming.put(exc)
-                return
+            frames = await connection.recv()
+            if _json_items(frames) > _MAX_JSON_ITEMS:
+                connection.close()
+                raise SandboxProtocolError(
+                    f"the kernel sent a message of over {_MAX_JSON_ITEMS:,} JSON items; its channel was cut")
             try:
                 _, message_frames = self.session.feed_identities(frames)
                 message = self.session.deserialize(message_frames)
@@ -105,9 +124,10 @@ class KernelSession:
             await self._incoming.put((channel, message))
 
     async def _send(self, channel: str, msg_type: str, content: dict[str, Any],
-                    parent: dict[str, Any] | None = None) -> str:
+                    parent: dict[str, Any] | None = None, deadline: float | None = None) -> str:
         message = self.session.msg(msg_type, content, parent=parent)
-        await self._channels[channel].send(self.session.serialize(message), timeout=_SEND_SECONDS)
+        timeout = _SEND_SECONDS if deadline is None else max(1.0, min(_SEND_SECONDS, deadline - time.monotonic()))
+        await self._channels[channel].send(self.session.serialize(message), timeout=timeout)
         return str(message["header"]["msg_id"])
 
     async def _next(self, timeout: float) -> tuple[str, dict[str, Any]] | None:
@@ -170,7 +190,7 @@ class KernelSession:
         msg_id = await self._send("shell", "execute_request", {
             "code": code, "silent": False, "store_history": False,
             "user_expressions": user_expressions or {}, "allow_stdin": True, "stop_on_error": False,
-        })
+        }, deadline=deadline)
         idle = False
         reply: dict[str, Any] | None = None
         replied_at = 0.0
@@ -197,7 +217,7 @@ class KernelSession:
                 answer = await _serve_stdin(msg["content"], on_request, remaining, stderr)
                 if answer is None:
                     break  # the deadline passed while a request was being served
-                await self._send("stdin", "input_reply", {"value": answer}, parent=msg["header"])
+                await self._send("stdin", "input_reply", {"value": answer}, parent=msg["header"], deadline=deadline)
             elif channel == "iopub":
                 if msg["msg_type"] == "status":
                     idle = idle or msg["content"].get("execution_state") == "idle"
@@ -267,6 +287,18 @@ async def _serve_stdin(
     except TimeoutError:
         return None
     return json.dumps(reply)
+
+
+def _json_items(frames: list[bytes]) -> int:
+    """Containers and elements in a message's JSON, counted outside its strings without parsing:
+    parsed, each costs some 30 to 60 bytes of controller memory against a few bytes on the wire."""
+    def count(data: bytes) -> int:
+        return data.count(b"[") + data.count(b"{") + data.count(b",")
+
+    items = sum(count(frame) for frame in frames)
+    if items <= _MAX_JSON_ITEMS:
+        return items  # cheap and enough: what strings hold can only make the count smaller
+    return sum(count(_JSON_STRING.sub(b"", frame)) for frame in frames)
 
 
 def _well_formed(message: dict[str, Any]) -> bool:
@@ -339,18 +371,38 @@ def controller_gone(name: str) -> bool:
     return False
 
 
+def remove_tree(path: Path) -> None:
+    """Remove a directory tree a sandbox may have shaped, never following a link out of it.
+
+    Python's `rmtree` works through directory fds but recurses, so a tree nested thousands deep
+    raises RecursionError; `rm` (iterative, no link following either) then finishes the job.
+    """
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        return
+    except (OSError, RecursionError):
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if os.path.lexists(path):
+        log.warning("could not remove %s", path)
+
+
 def reap_orphan_dirs() -> int:
     """Remove the private directories of sandboxes whose controller died without cleaning up
     (killed: its kernels died with it, their files stay); returns how many."""
     orphans = [path for path in Path(tempfile.gettempdir()).glob("rlm-*-*") if controller_gone(path.name)]
     for path in orphans:
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path)
     return len(orphans)
 
 
 @functools.cache
 def _reap_orphans_once() -> None:
-    reap_orphan_dirs()
+    try:
+        reap_orphan_dirs()
+    except Exception:  # leftovers of others must never stop a new sandbox
+        log.exception("reaping orphaned sandbox directories failed")
 
 
 class KernelSandbox(Sandbox):
@@ -407,8 +459,8 @@ class KernelSandbox(Sandbox):
         """Let the kernel's user create its sockets in a new IPC directory (before launch)."""
 
     def _cleanup(self) -> None:
-        """Release per-sandbox resources after the last kill (rmtree never follows links)."""
-        shutil.rmtree(self.root, ignore_errors=True)
+        """Release per-sandbox resources after the last kill."""
+        remove_tree(self.root)
 
     def _startup_log(self) -> str:
         """What the kernel process printed, shown when it fails to start."""
@@ -457,6 +509,7 @@ class KernelSandbox(Sandbox):
             self._session = KernelSession(info, self._ipc_fd, self.limits)
             await self._session.connect()
             await self._session.wait_ready(self.startup_timeout, self._alive)
+            self._seal_ipc(connection_file.name)
         except SandboxStartError as exc:
             log = self._startup_log()
             await self._stop_kernel()
@@ -477,7 +530,8 @@ class KernelSandbox(Sandbox):
         and an input_request sent then is dropped and the cell never ends.
         """
         assert self._ipc_fd is not None
-        names = KernelSession.socket_names(info)
+        # the heartbeat's too: it must be bound before the directory is sealed
+        names = [*KernelSession.socket_names(info), f"{os.path.basename(info['ip'])}-{info['hb_port']}"]
         deadline = time.monotonic() + self.startup_timeout
         checked = 0.0
         while not all(self._is_socket(name) for name in names):
@@ -489,6 +543,18 @@ class KernelSandbox(Sandbox):
                     raise SandboxStartError("kernel process exited during start-up")
                 checked = now
             await asyncio.sleep(0.01)
+
+    def _seal_ipc(self, *files: str) -> None:
+        """Take the IPC directory back before any of the kernel's users' code runs: it is on host
+        disk, so a kernel able to create files there could fill it. Its sockets stay usable
+        (connecting needs no write access to the directory). Through the directory fd only."""
+        assert self._ipc_fd is not None
+        for name in (*files, _GUARD_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=self._ipc_fd)  # unlink never follows a link
+        if os.geteuid() == 0:
+            os.fchown(self._ipc_fd, 0, 0)
+        os.fchmod(self._ipc_fd, 0o755)
 
     def _is_socket(self, name: str) -> bool:
         try:
@@ -564,7 +630,7 @@ class KernelSandbox(Sandbox):
         if self._ipc_fd is not None:
             os.close(self._ipc_fd)
             self._ipc_fd = None
-            shutil.rmtree(self.ipcdir, ignore_errors=True)  # the kernel is dead: nothing writes here now
+            remove_tree(self.ipcdir)  # the kernel is dead: nothing writes here now
 
     async def close(self) -> None:
         if self._closed:

@@ -271,3 +271,95 @@ async def test_a_kernel_that_stops_reading_cannot_block_the_controller(backend, 
         assert time.monotonic() - started < 10
         await box.restart()
         assert (await box.execute("print('fresh')")).stdout == "fresh\n"
+
+
+@each_backend
+async def test_the_ipc_directory_is_taken_back_before_any_code_runs(backend):
+    """It is on host disk: a kernel that could create files there could fill the disk, or plant
+    a tree too deep for the host's cleanup."""
+    before = shutil.disk_usage("/").used
+    async with create_sandbox(backend) as box:
+        out = await box.execute(
+            "import errno, glob, os\n"
+            "ipc = glob.glob('/tmp/rlm-*/ipc-*')[0]\n"
+            "for attempt in (lambda: open(ipc + '/fill', 'wb'), lambda: os.mkdir(ipc + '/d'),\n"
+            "                lambda: os.symlink('/', ipc + '/l'), lambda: os.chmod(ipc, 0o777)):\n"
+            "    try:\n        attempt(); print('done')\n    except OSError as e:\n"
+            "        print(errno.errorcode[e.errno])")
+        listing = os.listdir(box.ipcdir)
+        mode = os.lstat(box.ipcdir)
+    assert out.stdout.split() == ["EACCES", "EACCES", "EACCES", "EPERM"], out
+    assert (mode.st_uid, stat.S_IMODE(mode.st_mode)) == (os.geteuid(), 0o755)
+    assert listing and all(name.startswith("k-") for name in listing), listing  # the kernel's sockets only
+    assert shutil.disk_usage("/").used - before < 32 * MB
+
+
+def test_a_tree_too_deep_for_rmtree_is_still_reaped(victim):
+    import subprocess
+    import tempfile
+
+    from sandbox import reap_orphans
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = Path(tempfile.gettempdir()) / f"rlm-{dead.pid}-deep"
+    orphan.mkdir()
+    fd = os.open(orphan, os.O_RDONLY)
+    for _ in range(3000):  # deeper than Python's recursion limit
+        os.mkdir("d", dir_fd=fd)
+        inner = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    os.symlink(victim.dir, "link", dir_fd=fd)
+    os.close(fd)
+    assert reap_orphans() >= 1
+    assert not orphan.exists() and victim.fingerprint() == victim.before
+
+
+@each_backend
+async def test_a_message_of_too_many_json_items_is_cut_before_it_is_parsed(backend):
+    async with create_sandbox(backend) as box:
+        with pytest.raises(SandboxProtocolError, match="JSON items"):
+            await box.execute("k = get_ipython().kernel\n"
+                              "k.session.send(k.iopub_socket, 'stream', {'name': 'stdout', 'x': [{}] * 300_000},"
+                              " parent=k.get_parent())\nimport time; time.sleep(5)", timeout=30)
+
+
+async def test_the_docker_kernel_cannot_signal_its_watchdog():
+    async with create_sandbox("docker") as box:
+        out = await box.execute("import os, signal\ntry:\n    os.kill(os.getppid(), signal.SIGSTOP)\n"
+                                "except PermissionError:\n    print('refused')")
+    assert out.stdout == "refused\n"
+
+
+async def test_a_cancelled_docker_start_leaves_no_container(monkeypatch):
+    import time
+
+    import docker.models.containers
+
+    from sandbox.docker import LABEL, docker_client
+
+    create = docker.models.containers.ContainerCollection.create
+
+    def slow_engine(self, *args, **kwargs):
+        time.sleep(1)
+        return create(self, *args, **kwargs)
+
+    monkeypatch.setattr(docker.models.containers.ContainerCollection, "create", slow_engine)
+    box = create_sandbox("docker")
+    start = asyncio.ensure_future(box.start())
+    await asyncio.sleep(0.3)  # inside the engine call
+    start.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+    await box.close()
+    assert docker_client().containers.list(all=True, filters={"label": LABEL}) == []
+    assert not box.root.exists()
+
+
+async def test_sub_call_prompts_are_recorded_up_to_the_run_budget(scripted):
+    server = scripted([fenced("r = llm_batch(['a' * 3000, 'b' * 3000, 'c' * 3000])"), fenced("answer['ready'] = True")])
+    result = await run_on(server, "data", max_recorded_chars=5000)
+    kept = sorted(len(call.prompt) for call in result.sub_calls)
+    assert kept[-1] == 3000 and all(length < 1200 for length in kept[:-1])  # heads once the budget is spent
+    assert sum("not recorded" in call.prompt for call in result.sub_calls) == 2
