@@ -81,6 +81,7 @@ class Broker:
         self.delivery: Callable[[], Delivery] | None = None
         self.calls_used = 0
         self.recorded_chars = 0  # of sub-call prompts kept in the result
+        self._wheels: dict[str, str] = {}  # wheel file name -> where the sandbox has it
         self.refused = False
         self._limit = asyncio.Semaphore(config.max_sub_concurrency)
         self._tools = {fn.__name__: fn for fn in config.sub_tools}
@@ -220,9 +221,11 @@ class Broker:
         if process.returncode != 0:
             return _error(f"pip download failed: {text.strip().splitlines()[-1] if text.strip() else process.returncode}")
         wheels = [Path(m) for m in re.findall(r"(?:Saved|File was already downloaded) (\S+\.whl)", text)]
-        delivery = self.delivery()
-        delivered = [delivery.write(wheel.name, _chunks(wheel)) for wheel in wheels]
-        return {"ok": True, "result": delivered}
+        new = [wheel for wheel in wheels if wheel.name not in self._wheels]
+        if new:  # each wheel reaches a sandbox once: asking again costs no host disk
+            delivery = self.delivery()
+            self._wheels.update({wheel.name: delivery.write(wheel.name, _chunks(wheel)) for wheel in new})
+        return {"ok": True, "result": [self._wheels[wheel.name] for wheel in wheels]}
 
 
 def _chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
