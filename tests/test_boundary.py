@@ -8,10 +8,12 @@ controller's peak memory measured in a process of its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import shutil
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -121,6 +123,15 @@ async def test_filling_the_work_dir_stops_at_its_limit_not_at_the_host_disk(back
     assert grown < 32 * MB, f"host disk grew by {grown / MB:.0f} MB during the fill"
 
 
+def _file_size(path: str) -> int:
+    """A file's size; a log being rotated is briefly missing, so give it a moment to return."""
+    for _ in range(50):
+        with contextlib.suppress(FileNotFoundError):
+            return os.path.getsize(path)
+        time.sleep(0.02)
+    return 0
+
+
 @each_backend
 async def test_raw_output_reaches_the_host_only_as_a_capped_tail(backend):
     limits = KernelLimits(raw_output_bytes=64 * 1024)
@@ -134,7 +145,7 @@ async def test_raw_output_reaches_the_host_only_as_a_capped_tail(backend):
         grown = shutil.disk_usage("/").used - before
         if backend == "docker":
             box._container.reload()
-            log_size = os.path.getsize(box._container.attrs["LogPath"])
+            log_size = _file_size(box._container.attrs["LogPath"])
             assert log_size <= 4 * limits.raw_output_bytes, f"container log is {log_size} bytes"
         assert len(box._startup_log()) <= limits.raw_output_bytes
         assert sorted(p.name for p in box.root.iterdir()) == ["inbox", "ipc-1"]  # no log file of ours
@@ -256,8 +267,6 @@ def test_cgroups_of_a_killed_controller_are_reaped():
 
 @each_backend
 async def test_a_kernel_that_stops_reading_cannot_block_the_controller(backend, monkeypatch):
-    import time
-
     import sandbox.kernel
 
     monkeypatch.setattr(sandbox.kernel, "_SEND_SECONDS", 2.0)
@@ -333,8 +342,6 @@ async def test_the_docker_kernel_cannot_signal_its_watchdog():
 
 
 async def test_a_cancelled_docker_start_leaves_no_container(monkeypatch):
-    import time
-
     import docker.models.containers
 
     from sandbox.docker import LABEL, docker_client
