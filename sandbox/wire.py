@@ -135,6 +135,8 @@ class Connection:
         last = len(frames) - 1
         for index, body in enumerate(frames):
             self._writer.write(_frame(body, flags | (_MORE if index < last else 0)))
+        if not self._writer.transport.get_write_buffer_size():
+            return  # all of it went out at once, as small messages do: nothing to wait for
         try:
             await asyncio.wait_for(self._writer.drain(), timeout)
         except TimeoutError:
