@@ -244,18 +244,20 @@ class Controller:
             return None
         feedback: list[str] = []
         raw_state: Any = None
+        state: AnswerState | str | None = None
         for call_id, code in blocks:
             if code is None:
                 text = prompts.BAD_TOOL_CALL
             else:
                 turn.code.append(code)
                 text, raw_state, lost = await self._run_block(sandbox, broker, code, turn)
+                state = _parse_state(raw_state)
                 if lost:
                     await self._prepare(sandbox, data_file, restore=content)
             if call_id is not None:
                 messages.append({"role": "tool", "tool_call_id": call_id, "content": text})
             feedback.append(text)
-            if turn.error or _ready(raw_state):
+            if turn.error or (isinstance(state, AnswerState) and state.ready):
                 break
         turn.output = "\n".join(feedback)
         skipped = blocks[len(feedback):]
@@ -268,14 +270,15 @@ class Controller:
             messages.append({"role": "user", "content": "\n".join(feedback)})
         if raw_state is None:
             raw_state = await self._read_state(sandbox)
-        return await self._answer_state(sandbox, raw_state, turn, content, messages)
+            state = _parse_state(raw_state)
+        return await self._answer_state(sandbox, raw_state, state, turn, content, messages)
 
     async def _answer_state(
-        self, sandbox: Sandbox, raw: Any, turn: Turn, content: str, messages: list[dict[str, Any]]
+        self, sandbox: Sandbox, raw: Any, state: AnswerState | str | None, turn: Turn, content: str,
+        messages: list[dict[str, Any]],
     ) -> AnswerState | None:
-        """Check what the kernel reported about `answer`; it may be hostile, so anything off is
-        an event and a note to the model, never an exception."""
-        state = _parse_state(raw)
+        """Check what the kernel reported about `answer` (`raw`, parsed as `state`); it may be
+        hostile, so anything off is an event and a note to the model, never an exception."""
         if isinstance(state, str):
             _append_note(messages, prompts.ANSWER_NOT_DICT.format(kind=state))
             await sandbox.execute(f"answer = {{'content': {content!r}, 'ready': False}}",
@@ -358,11 +361,6 @@ def _parse_state(raw: Any) -> AnswerState | str | None:
     if not isinstance(length, int) or not isinstance(ready, bool):
         return None
     return AnswerState(content, length, ready)
-
-
-def _ready(raw_state: Any) -> bool:
-    state = _parse_state(raw_state)
-    return isinstance(state, AnswerState) and state.ready
 
 
 def _append_note(messages: list[dict[str, Any]], note: str) -> None:
