@@ -114,38 +114,15 @@ class Cgroup:
                     pass
             return None
 
-    def _read(self, controller: str, v2_name: str, v1_name: str) -> str:
-        index = {"memory": 0, "pids": 1, "cpu": 2}[controller] if len(self.dirs) > 1 else 0
-        name = v1_name if len(self.dirs) > 1 else v2_name
-        try:
-            return (self.dirs[index] / name).read_text()
-        except OSError:
-            return ""
-
     @property
     def oom_kills(self) -> int:
         """Processes the memory limit killed (the kernel's own record)."""
-        text = self._read("memory", "memory.events", "memory.oom_control")
+        try:  # v2 keeps it in memory.events, v1 in memory.oom_control
+            text = (self.dirs[0] / ("memory.events" if len(self.dirs) == 1 else "memory.oom_control")).read_text()
+        except OSError:
+            return 0
         match = re.search(r"^oom_kill (\d+)$", text, re.M)
         return int(match.group(1)) if match else 0
-
-    @property
-    def tasks(self) -> int:
-        """Tasks (processes and threads) in the cgroup now, as the process limit counts them."""
-        text = self._read("pids", "pids.current", "pids.current").strip()
-        return int(text) if text else 0
-
-    @property
-    def cpu_seconds(self) -> float:
-        """CPU time used by everything in the cgroup."""
-        if len(self.dirs) > 1:
-            text = self._read("cpu", "", "cpuacct.usage").strip()
-            if text:
-                return int(text) / 1e9
-            # cpuacct may be mounted apart from cpu: sum the members' own CPU time instead
-            return sum(process_cpu_seconds(pid) for pid in self.pids())
-        match = re.search(r"^usage_usec (\d+)$", self._read("cpu", "cpu.stat", ""), re.M)
-        return int(match.group(1)) / 1e6 if match else 0.0
 
     def enter(self) -> None:
         """Move the calling process in (runs in the child between fork and exec)."""
@@ -191,15 +168,6 @@ class Cgroup:
 @functools.cache
 def _reap_cgroups_once() -> None:
     Cgroup.reap_orphans()
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) a process has used, from the host's /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class OutputTail:

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from sandbox import LocalSandbox, SandboxCrashed, SandboxUnavailable, create_sandbox
-from sandbox.local import process_cpu_seconds
 from tests.conftest import ISOLATING, run_on, sandbox_dirs, sandbox_processes
 from tests.scripted_server import fenced
 
@@ -67,6 +66,14 @@ def host_pids(box) -> list[int]:
     top = box._container.top()
     column = top["Titles"].index("PID")
     return [int(row[column]) for row in top["Processes"]]
+
+
+def process_cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def host_cpu_seconds(box) -> float:
