@@ -43,8 +43,9 @@ class SandboxProtocolError(SandboxCrashed):
 class KernelLimits:
     """Bounds on everything a kernel sends back to the host, whatever code runs inside it.
 
-    Worst-case controller memory per sandbox is about `message_bytes` for each of the three
-    request/reply channels plus `output_message_bytes` for each queued output message.
+    The controller holds at most eight messages of a sandbox at once (four queued, one being
+    read per channel), each within its byte limit and, parsed, within `sandbox.kernel`'s limit
+    on JSON items.
     """
 
     #: One message on the shell, stdin or control channel: replies, user expressions, RPC requests.
@@ -133,14 +134,19 @@ class ExecutionResult:
         return self.error is None and not self.timed_out
 
 
+def readable_dir(path: Path) -> Path:
+    """Make a new directory the sandbox's unprivileged user can read (0755 whatever the umask)."""
+    path.mkdir(mode=0o755)
+    path.chmod(0o755)
+    return path
+
+
 class Delivery:
     """A fresh directory the host fills and the sandbox reads: files the host hands over (data,
     wheels) never live where the sandbox can write, so no planted link can redirect them."""
 
     def __init__(self, host: Path, inside: str) -> None:
-        host.mkdir(mode=0o755)
-        host.chmod(0o755)  # readable by the sandbox's unprivileged user whatever the umask
-        self.host = host
+        self.host = readable_dir(host)
         self.inside = inside
 
     def write(self, name: str, chunks: Iterable[bytes]) -> str:

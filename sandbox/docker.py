@@ -21,10 +21,9 @@ from docker.types import LogConfig
 from .base import KernelLimits, SandboxStartError, SandboxUnavailable
 from .image import build_image
 from .kernel import KernelSandbox
-from .local import WORKDIR, parse_bytes
+from .local import SANDBOX_UID, WORKDIR, parse_bytes
 
 LABEL = "rlm.sandbox"
-SANDBOX_USER = "65534:65534"
 #: PID 1's child in the container: runs the kernel, and kills everything in the container when
 #: its stdin (attached by the controller, closed by the engine once the controller is gone) ends.
 #: It runs as root with only the capabilities to kill and to drop to the kernel's user, so the
@@ -96,8 +95,7 @@ class DockerSandbox(KernelSandbox):
 
     def _grant(self, ipcdir: Path) -> None:
         if os.geteuid() == 0:
-            uid, gid = (int(x) for x in SANDBOX_USER.split(":"))
-            os.chown(ipcdir, uid, gid)
+            os.chown(ipcdir, SANDBOX_UID, SANDBOX_UID)
         else:
             ipcdir.chmod(0o777)  # the container's unprivileged user must create its sockets here
 
@@ -121,21 +119,20 @@ class DockerSandbox(KernelSandbox):
         volumes.update({str(m): {"bind": str(m), "mode": "ro"} for m in self.mounts})
         # The log keeps at most one small file: what the kernel writes to its own stdout is
         # bounded on host disk, and the tail still explains a failed start.
-        uid, gid = SANDBOX_USER.split(":")
         log_config = LogConfig(type=LogConfig.types.JSON, config={"max-size": str(self.limits.raw_output_bytes),
                                                                    "max-file": "1"})
         try:
             self._container = self.client.containers.create(
                 self.image,
-                ["python3", "-c", WATCHDOG, "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
-                 "--inh-caps=-all", "--", "python3", *self.kernel_args(connection_file)],
+                ["python3", "-c", WATCHDOG, "setpriv", f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}",
+                 "--clear-groups", "--inh-caps=-all", "--", "python3", *self.kernel_args(connection_file)],
                 init=True, network_mode="none", read_only=True, user="0:0",
                 cap_drop=["ALL"], cap_add=["KILL", "SETUID", "SETGID"], security_opt=["no-new-privileges"],
                 mem_limit=self.memory_limit, memswap_limit=self.memory_limit,
                 nano_cpus=int(self.cpus * 1e9), pids_limit=self.max_processes,
                 tmpfs={"/tmp": f"size={self.tmp_size},mode=1777",
                        # owned by the kernel's user: the engine resets the mode of a tmpfs that is the cwd
-                       self.workdir: f"size={self.disk_limit},mode=0700,uid={uid},gid={gid}"},
+                       self.workdir: f"size={self.disk_limit},mode=0700,uid={SANDBOX_UID},gid={SANDBOX_UID}"},
                 volumes=volumes, working_dir=self.workdir,
                 environment=self.kernel_environment(), log_config=log_config,
                 stdin_open=True,  # with the default detach=False this sets StdinOnce too

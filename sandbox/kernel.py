@@ -41,6 +41,7 @@ from .base import (
     SandboxProtocolError,
     SandboxStartError,
     SandboxUnavailable,
+    readable_dir,
     valid_text,
 )
 from .runtime import RPC_PREFIX
@@ -428,9 +429,7 @@ class KernelSandbox(Sandbox):
             raise SandboxUnavailable("this platform's shutil.rmtree can follow symlinks")
         _reap_orphans_once()
         self.root = Path(tempfile.mkdtemp(prefix=f"rlm-{os.getpid()}-"))
-        self.inbox = self.root / "inbox"
-        self.inbox.mkdir(mode=0o755)
-        self.inbox.chmod(0o755)
+        self.inbox = readable_dir(self.root / "inbox")
         self.ipcdir = self.root / "ipc-0"
         self._ipc_fd: int | None = None
         self._session: KernelSession | None = None
@@ -510,14 +509,10 @@ class KernelSandbox(Sandbox):
             await self._session.connect()
             await self._session.wait_ready(self.startup_timeout, self._alive)
             self._seal_ipc(connection_file.name)
-        except SandboxStartError as exc:
+        except (SandboxStartError, SandboxCrashed) as exc:
+            message = str(exc) if isinstance(exc, SandboxStartError) else f"could not connect to the kernel: {exc}"
             log = self._startup_log()
             await self._stop_kernel()
-            raise SandboxStartError(f"{exc}\n--- kernel log ---\n{log}" if log else str(exc)) from None
-        except SandboxCrashed as exc:
-            log = self._startup_log()
-            await self._stop_kernel()
-            message = f"could not connect to the kernel: {exc}"
             raise SandboxStartError(f"{message}\n--- kernel log ---\n{log}" if log else message) from None
         except BaseException:
             await self._stop_kernel()

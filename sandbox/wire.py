@@ -89,7 +89,7 @@ class Connection:
         if socket_type == "DEALER":
             ready += _property(b"Identity", identity)
         await self.send([ready], flags=_COMMAND)
-        flags, body = await self._read_frame(limit=4096)
+        flags, body = await self._read_frame(self.max_message_bytes)
         if not flags & _COMMAND or not body.startswith(b"\x05READY"):
             raise SandboxProtocolError("the kernel refused the ZMTP handshake")
         if socket_type == "SUB":
