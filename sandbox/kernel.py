@@ -326,7 +326,7 @@ def _collect(msg: dict[str, Any], result: ExecutionResult, stdout: Output, stder
         result.error_name = _text(content.get("ename")) or "Error"
         lines = content.get("traceback")
         lines = [line for line in lines if isinstance(line, str)] if isinstance(lines, list) else []
-        result.error = _ANSI.sub("", "\n".join(lines))
+        result.error = _ANSI.sub("", valid_text("\n".join(lines)))
 
 
 #: The repr of a str holding no quote or backslash: read back without parsing.

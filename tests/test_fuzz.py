@@ -1112,3 +1112,18 @@ def test_a_hostile_repr_of_the_state_leaves_controller_memory_bounded(scripted):
     assert report["status"] == "ready" and "state_unreadable" in report["events"][0], report
     grown = report["peak_rss_mb"] - baseline["peak_rss_mb"]
     assert grown < 250, f"controller peak grew by {grown:.0f} MB for a 2 MB user expression"
+
+
+
+def test_every_text_field_of_an_output_message_is_made_valid():
+    """A kernel whose packer escapes as ASCII can spell lone surrogates anywhere in a message:
+    stream text, display text and tracebacks alike reach the host as valid text."""
+    from sandbox.base import ExecutionResult, Output
+    from sandbox.kernel import _collect
+
+    result, stdout, stderr = ExecutionResult(), Output(1000), Output(1000)
+    for msg_type, content in [("stream", {"name": "stdout", "text": "a\ud800"}),
+                              ("display_data", {"data": {"text/plain": "b\udfff"}}),
+                              ("error", {"ename": "E\ud800", "traceback": ["t\udc80"]})]:
+        _collect({"msg_type": msg_type, "content": content}, result, stdout, stderr)
+    assert stdout.render() == "a?b?\n" and (result.error_name, result.error) == ("E?", "t?")
