@@ -45,6 +45,20 @@ class Victim:
                 sorted(os.listdir(self.dir)))
 
 
+class HostDisk:
+    """The host disk's use since this was made: what a sandbox's writes cost the host."""
+
+    #: Allowance for whatever else writes on this machine meanwhile.
+    margin = 32 * MB
+
+    def __init__(self) -> None:
+        self.before = shutil.disk_usage("/").used
+
+    def assert_unchanged(self, what: str) -> None:
+        grown = shutil.disk_usage("/").used - self.before
+        assert grown < self.margin, f"host disk grew by {grown / MB:.0f} MB {what}"
+
+
 @pytest.fixture
 def victim() -> Victim:
     root = Path("/var/tmp") / f"rlm-victim-{os.getpid()}-{os.urandom(4).hex()}"  # not under the sandboxes' /tmp
@@ -106,7 +120,7 @@ async def test_planted_links_never_redirect_a_host_write(scripted, victim, backe
 @each_backend
 async def test_filling_the_work_dir_stops_at_its_limit_not_at_the_host_disk(backend):
     limit = 64 * MB
-    before = shutil.disk_usage("/").used
+    disk = HostDisk()
     async with create_sandbox(backend, disk_limit=limit) as box:
         out = await box.execute(
             "written, error = 0, None\n"
@@ -117,10 +131,9 @@ async def test_filling_the_work_dir_stops_at_its_limit_not_at_the_host_disk(back
             "except OSError as e:\n"
             "    error = e.errno\n"
             "print(written, error)", timeout=60)
-        grown = shutil.disk_usage("/").used - before
+        disk.assert_unchanged("during the fill")
     written, errno_ = out.stdout.split()
     assert errno_ == "28" and int(written) * 1_000_000 <= limit  # ENOSPC inside, at the limit
-    assert grown < 32 * MB, f"host disk grew by {grown / MB:.0f} MB during the fill"
 
 
 def _file_size(path: str) -> int:
@@ -135,14 +148,14 @@ def _file_size(path: str) -> int:
 @each_backend
 async def test_raw_output_reaches_the_host_only_as_a_capped_tail(backend):
     limits = KernelLimits(raw_output_bytes=64 * 1024)
-    before = shutil.disk_usage("/").used
+    disk = HostDisk()
     async with create_sandbox(backend, limits=limits) as box:
         out = await box.execute(
             "import os, sys\n"
             "for _ in range(300):\n"
             "    os.write(1, b'o' * 1_000_000); os.write(2, b'e' * 100_000)\n"
             "print('done', file=sys.__stdout__, flush=True)", timeout=120, max_output_chars=1000)
-        grown = shutil.disk_usage("/").used - before
+        disk.assert_unchanged("for 330 MB of raw output")
         if backend == "docker":
             box._container.reload()
             log_size = _file_size(box._container.attrs["LogPath"])
@@ -150,7 +163,6 @@ async def test_raw_output_reaches_the_host_only_as_a_capped_tail(backend):
         assert len(box._startup_log()) <= limits.raw_output_bytes
         assert sorted(p.name for p in box.root.iterdir()) == ["inbox", "ipc-1"]  # no log file of ours
     assert out.ok and out.chars_cut > 290_000_000  # it reached the REPL output, cut there
-    assert grown < 32 * MB, f"host disk grew by {grown / MB:.0f} MB for 330 MB of raw output"
 
 
 @each_backend
@@ -286,7 +298,7 @@ async def test_a_kernel_that_stops_reading_cannot_block_the_controller(backend, 
 async def test_the_ipc_directory_is_taken_back_before_any_code_runs(backend):
     """It is on host disk: a kernel that could create files there could fill the disk, or plant
     a tree too deep for the host's cleanup."""
-    before = shutil.disk_usage("/").used
+    disk = HostDisk()
     async with create_sandbox(backend) as box:
         out = await box.execute(
             "import errno, glob, os\n"
@@ -300,7 +312,7 @@ async def test_the_ipc_directory_is_taken_back_before_any_code_runs(backend):
     assert out.stdout.split() == ["EACCES", "EACCES", "EACCES", "EPERM"], out
     assert (mode.st_uid, stat.S_IMODE(mode.st_mode)) == (os.geteuid(), 0o755)
     assert listing and all(name.startswith("k-") for name in listing), listing  # the kernel's sockets only
-    assert shutil.disk_usage("/").used - before < 32 * MB
+    disk.assert_unchanged("after the attempts")
 
 
 def test_a_tree_too_deep_for_rmtree_is_still_reaped(victim):
