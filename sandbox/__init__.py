@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
+from . import rpc
 from .base import (
+    Backend,
     Delivery,
     ExecutionResult,
     KernelLimits,
     RequestHandler,
     Sandbox,
+    SandboxConfigError,
     SandboxCrashed,
     SandboxError,
     SandboxProtocolError,
@@ -17,24 +20,19 @@ from .base import (
     SandboxUnavailable,
     valid_text,
 )
+from .cleanup import reap_orphans
+from .kernel import KernelSandbox
 from .local import LocalSandbox
 from .pool import SandboxPool
+from .provisioner import Launch, Provisioner
+from .rpc import Reply
 
 #: Backend names accepted by `create_sandbox` (and `rlm.run(sandbox=...)`).
-BACKENDS = ("local", "unsafe-local", "docker")
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
 
 
-def reap_orphans() -> int:
-    """Remove what sandboxes of killed controllers left on this host (their kernels died with
-    them): private directories and cgroups. Containers: `sandbox.docker.prune`. Returns a count."""
-    from .kernel import reap_orphan_dirs
-    from .local import Cgroup
-
-    return reap_orphan_dirs() + Cgroup.reap_orphans()
-
-
-def create_sandbox(backend: str = "local", **options: Any) -> Sandbox:
-    """A not-yet-started sandbox of the named backend."""
+def create_sandbox(backend: Backend = "local", **options: Any) -> Sandbox:
+    """A not-yet-started sandbox of the named backend; `start()` (or `async with`) acquires it."""
     if backend == "local":
         return LocalSandbox(**options)
     if backend == "unsafe-local":
@@ -43,17 +41,23 @@ def create_sandbox(backend: str = "local", **options: Any) -> Sandbox:
         from .docker import DockerSandbox  # imported on use: the SDK is only needed here
 
         return DockerSandbox(**options)
-    raise ValueError(f"unknown sandbox backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    raise SandboxConfigError(f"unknown sandbox backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
 __all__ = [
     "BACKENDS",
+    "Backend",
     "Delivery",
     "ExecutionResult",
     "KernelLimits",
+    "KernelSandbox",
+    "Launch",
     "LocalSandbox",
+    "Provisioner",
+    "Reply",
     "RequestHandler",
     "Sandbox",
+    "SandboxConfigError",
     "SandboxCrashed",
     "SandboxError",
     "SandboxPool",
@@ -62,5 +66,6 @@ __all__ = [
     "SandboxUnavailable",
     "create_sandbox",
     "reap_orphans",
+    "rpc",
     "valid_text",
 ]

@@ -1,8 +1,7 @@
-"""The `Sandbox` protocol every backend implements, its result type and its errors.
+"""The `Sandbox` protocol callers use, its result type, its limits and its errors.
 
-A sandbox owns one persistent Jupyter kernel behind an isolation boundary. Lifecycle
-(start, restart, close) lives here; messaging lives in `sandbox.kernel.KernelSession`,
-which every backend reuses, much as jupyter_client splits KernelManager from KernelClient.
+A sandbox owns one persistent Jupyter kernel behind an isolation boundary. The one
+implementation is `sandbox.kernel.KernelSandbox`; backends differ only in their `Provisioner`.
 """
 
 from __future__ import annotations
@@ -12,18 +11,26 @@ import os
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-#: Serves one request the kernel sent over its stdin channel; returns the JSON-able reply.
-RequestHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+from .rpc import Reply
+
+#: The backends `create_sandbox` knows: `unsafe-local` is the documented no-isolation opt-in.
+Backend = Literal["local", "unsafe-local", "docker"]
+#: Serves one request the kernel sent over its stdin channel (see `sandbox.rpc`).
+RequestHandler = Callable[[dict[str, Any]], Awaitable[Reply]]
 
 
 class SandboxError(Exception):
     """Base class of every sandbox failure."""
 
 
+class SandboxConfigError(SandboxError, ValueError):
+    """Options a sandbox cannot run with (an unknown backend, limits too small to work)."""
+
+
 class SandboxUnavailable(SandboxError):
-    """The backend cannot run on this machine (missing binary, daemon, image...)."""
+    """The backend cannot run here (missing binary, daemon, image), or its engine failed."""
 
 
 class SandboxStartError(SandboxError):
@@ -62,7 +69,7 @@ class KernelLimits:
                   "output_messages": 1, "raw_output_bytes": 1 << 10}
         low = [f"{name} >= {floor:,}" for name, floor in floors.items() if getattr(self, name) < floor]
         if low:
-            raise ValueError(f"KernelLimits too small: need {', '.join(low)}")
+            raise SandboxConfigError(f"KernelLimits too small: need {', '.join(low)}")
 
 
 def valid_text(text: str) -> str:
@@ -145,9 +152,8 @@ class Delivery:
     """A fresh directory the host fills and the sandbox reads: files the host hands over (data,
     wheels) never live where the sandbox can write, so no planted link can redirect them."""
 
-    def __init__(self, host: Path, inside: str) -> None:
-        self.host = readable_dir(host)
-        self.inside = inside
+    def __init__(self, host: Path) -> None:
+        self.host = readable_dir(host)  # bound at the same path inside
 
     def write(self, name: str, chunks: Iterable[bytes]) -> str:
         """Create `name` (exclusively, never through a link) from `chunks`; returns its path
@@ -157,26 +163,26 @@ class Delivery:
             os.fchmod(fd, 0o644)  # whatever the umask
             for chunk in chunks:
                 f.write(chunk)
-        return self.path(name)
-
-    def path(self, name: str) -> str:
-        return f"{self.inside}/{name}"
+        return str(self.host / name)
 
 
 class Sandbox(abc.ABC):
-    """A persistent, isolated Python kernel.
+    """A persistent, isolated Python kernel: what the controller and the pool rely on.
 
-    Use as an async context manager: `async with LocalSandbox(...) as sb: await sb.execute("1+1")`.
+    Use as an async context manager: `async with create_sandbox("local") as sb: await sb.execute("1+1")`.
     """
 
-    #: The kernel's working directory, as the kernel sees it (its own writable space).
-    workdir: str
     #: What the kernel may send back; see `KernelLimits`.
     limits: KernelLimits
 
+    @property
+    @abc.abstractmethod
+    def workdir(self) -> str:
+        """The kernel's working directory, as the kernel sees it (its own writable space)."""
+
     @abc.abstractmethod
     async def start(self) -> None:
-        """Start the kernel and wait until it answers."""
+        """Acquire everything the sandbox needs, start the kernel and wait until it answers."""
 
     @abc.abstractmethod
     async def execute(
@@ -194,10 +200,6 @@ class Sandbox(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def interrupt(self) -> None:
-        """Interrupt the running cell (KeyboardInterrupt in the kernel)."""
-
-    @abc.abstractmethod
     async def restart(self) -> None:
         """Replace the kernel with a fresh one; all kernel state is lost."""
 
@@ -207,16 +209,13 @@ class Sandbox(abc.ABC):
 
     @abc.abstractmethod
     def delivery(self) -> Delivery:
-        """A new, empty directory the host writes into and the kernel reads (read-only)."""
+        """A new, empty directory the host writes into and the kernel reads (read-only); files
+        have the same path inside the sandbox as on the host."""
 
     @property
     def oom_killed(self) -> bool:
         """Whether the host's record says the memory limit killed a process of this sandbox."""
         return False
-
-    def path_in_sandbox(self, host_path: Path) -> str:
-        """Where a file under `workdir` (or a read-only mount) appears inside the sandbox."""
-        return str(host_path)
 
     async def __aenter__(self) -> Sandbox:
         try:

@@ -11,17 +11,25 @@ container when the controller's attached stdin closes: the kernel dies with its 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import docker
+import docker.errors
+import requests
 from docker.types import LogConfig
 
 from .base import KernelLimits, SandboxStartError, SandboxUnavailable
 from .image import build_image
 from .kernel import KernelSandbox
 from .local import SANDBOX_UID, WORKDIR, parse_bytes
+from .provisioner import Launch, Provisioner
+
+log = logging.getLogger("rlm.sandbox")
 
 LABEL = "rlm.sandbox"
 #: PID 1's child in the container: runs the kernel, and kills everything in the container when
@@ -42,13 +50,9 @@ sys.exit(kernel.wait())
 def docker_client() -> Any:
     """A connected Docker client, or `SandboxUnavailable` saying how to get one."""
     try:
-        import docker
-    except ImportError as exc:  # pragma: no cover - docker is a core dependency
-        raise SandboxUnavailable("the docker package is missing: pip install docker") from exc
-    try:
         client = docker.from_env(timeout=60)
         client.ping()
-    except Exception as exc:  # the SDK raises DockerException, requests or socket errors
+    except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
         raise SandboxUnavailable(
             "cannot reach a Docker engine: install it (apt-get install docker.io) and start dockerd, "
             f"or use sandbox='local' ({exc})"
@@ -65,7 +69,10 @@ def prune(client: Any | None = None) -> int:
     return len(containers)
 
 
-class DockerSandbox(KernelSandbox):
+class DockerProvisioner(Provisioner):
+    """Runs the kernel in one locked-down container per launch (see the module docstring).
+    The engine is reached and the image built (once per recipe) in `prepare`, off the event loop."""
+
     def __init__(
         self,
         *,
@@ -76,24 +83,28 @@ class DockerSandbox(KernelSandbox):
         tmp_size: int | str = "1g",
         disk_limit: int | str = "2g",
         mounts: Sequence[str | Path] = (),
-        startup_timeout: float = 60.0,
-        limits: KernelLimits | Mapping[str, int] | None = None,
+        raw_output_bytes: int = 64 << 10,
     ) -> None:
-        self.client = docker_client()
-        super().__init__(startup_timeout=startup_timeout, limits=limits)
-        self.image = image or build_image(self.client)
+        self.image = image
         self.memory_limit = parse_bytes(memory_limit)
         self.cpus = cpus
         self.max_processes = max_processes
         self.tmp_size = parse_bytes(tmp_size)
         self.disk_limit = parse_bytes(disk_limit)
         self.mounts = [Path(m).resolve() for m in mounts]
+        self.raw_output_bytes = raw_output_bytes
         self.workdir = WORKDIR
+        self.client: Any = None
         self._container: Any = None
         self._stdin: Any = None
         self._oom_killed = False
 
-    def _grant(self, ipcdir: Path) -> None:
+    async def prepare(self, root: Path) -> None:
+        self.client = await asyncio.to_thread(docker_client)
+        if self.image is None:
+            self.image = await asyncio.to_thread(build_image, self.client)
+
+    def grant(self, ipcdir: Path) -> None:
         if os.geteuid() == 0:
             os.chown(ipcdir, SANDBOX_UID, SANDBOX_UID)
         else:
@@ -107,25 +118,23 @@ class DockerSandbox(KernelSandbox):
     def _read_oom_record(self) -> None:
         """Fold the engine's OOM record of the current container in (kept after its removal)."""
         if self._container is not None:
-            try:
-                self._container.reload()
+            with contextlib.suppress(docker.errors.DockerException, requests.RequestException):
+                self._container.reload()  # removed meanwhile: what was read before stands
                 self._oom_killed |= bool(self._container.attrs["State"].get("OOMKilled"))
-            except Exception:  # removed meanwhile: what was read before stands
-                pass
 
-    def _launch(self, connection_file: Path) -> None:
-        volumes = {str(self.ipcdir): {"bind": str(self.ipcdir), "mode": "rw"},
-                   str(self.inbox): {"bind": str(self.inbox), "mode": "ro"}}
+    def _create(self, launch: Launch) -> None:
+        volumes = {str(launch.ipcdir): {"bind": str(launch.ipcdir), "mode": "rw"},
+                   str(launch.inbox): {"bind": str(launch.inbox), "mode": "ro"}}
         volumes.update({str(m): {"bind": str(m), "mode": "ro"} for m in self.mounts})
         # The log keeps at most one small file: what the kernel writes to its own stdout is
         # bounded on host disk, and the tail still explains a failed start.
-        log_config = LogConfig(type=LogConfig.types.JSON, config={"max-size": str(self.limits.raw_output_bytes),
+        log_config = LogConfig(type=LogConfig.types.JSON, config={"max-size": str(self.raw_output_bytes),
                                                                    "max-file": "1"})
         try:
             self._container = self.client.containers.create(
                 self.image,
                 ["python3", "-c", WATCHDOG, "setpriv", f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}",
-                 "--clear-groups", "--inh-caps=-all", "--", "python3", *self.kernel_args(connection_file)],
+                 "--clear-groups", "--inh-caps=-all", "--", "python3", *launch.args],
                 init=True, network_mode="none", read_only=True, user="0:0",
                 cap_drop=["ALL"], cap_add=["KILL", "SETUID", "SETGID"], security_opt=["no-new-privileges"],
                 mem_limit=self.memory_limit, memswap_limit=self.memory_limit,
@@ -134,7 +143,7 @@ class DockerSandbox(KernelSandbox):
                        # owned by the kernel's user: the engine resets the mode of a tmpfs that is the cwd
                        self.workdir: f"size={self.disk_limit},mode=0700,uid={SANDBOX_UID},gid={SANDBOX_UID}"},
                 volumes=volumes, working_dir=self.workdir,
-                environment=self.kernel_environment(), log_config=log_config,
+                environment=launch.environment, log_config=log_config,
                 stdin_open=True,  # with the default detach=False this sets StdinOnce too
                 labels={LABEL: "1", "rlm.controller-pid": str(os.getpid())},
             )
@@ -142,43 +151,61 @@ class DockerSandbox(KernelSandbox):
             # dies the engine closes the container's stdin and the watchdog ends it.
             self._stdin = self._container.attach_socket(params={"stdin": 1, "stream": 1})
             self._container.start()
-        except Exception as exc:
+        except (docker.errors.DockerException, requests.RequestException) as exc:
             raise SandboxStartError(f"could not start the container: {exc}") from exc
 
-    async def _launch_async(self, connection_file: Path) -> None:
+    async def launch(self, launch: Launch) -> None:
         # The SDK blocks for the engine's round trips: keep the event loop (other runs) moving.
         # A cancelled start still waits for the thread, so the container it makes is known to
-        # `_kill` and removed, never left running after the sandbox closed.
-        launch = asyncio.ensure_future(asyncio.to_thread(self._launch, connection_file))
+        # `kill` and removed, never left running after the sandbox closed.
+        create = asyncio.ensure_future(asyncio.to_thread(self._create, launch))
         try:
-            await asyncio.shield(launch)
+            await asyncio.shield(create)
         except asyncio.CancelledError:
-            await asyncio.wait([launch])
+            await asyncio.wait([create])
             raise
 
-    def _startup_log(self) -> str:
+    def log(self) -> str:
+        if self._container is None:
+            return ""
         try:
-            return self._container.logs(tail=40).decode(errors="replace") if self._container else ""
-        except Exception:
+            return str(self._container.logs(tail=40).decode(errors="replace"))
+        except (docker.errors.DockerException, requests.RequestException):
             return ""
 
-    def _alive(self) -> bool:
+    def alive(self) -> bool:
+        """Whether the container runs; an engine that stops answering is `SandboxUnavailable`,
+        not a dead kernel."""
         if self._container is None:
             return False
         try:
             self._container.reload()
-        except Exception:
+        except docker.errors.NotFound:
             return False
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            raise SandboxUnavailable(f"the Docker engine failed while checking the kernel's container: {exc}") from exc
         return self._container.status in ("created", "running")
 
-    def _kill(self) -> None:
+    def kill(self) -> None:
         if self._container is not None:
+            self._read_oom_record()  # before the container and its record go
             try:
-                self._read_oom_record()  # before the container and its record go
                 self._container.remove(force=True)
-            except Exception:  # already gone
+            except docker.errors.NotFound:
                 pass
+            except (docker.errors.DockerException, requests.RequestException) as exc:
+                log.warning("could not remove container %s (`rlm sandbox prune` will): %s", self._container.id, exc)
             self._container = None
         if self._stdin is not None:
             self._stdin.close()
             self._stdin = None
+
+
+class DockerSandbox(KernelSandbox):
+    """A kernel sandbox in a container; options as `DockerProvisioner`'s, plus the kernel's."""
+
+    def __init__(self, *, startup_timeout: float = 60.0, limits: KernelLimits | Mapping[str, int] | None = None,
+                 **options: Any) -> None:
+        limits = limits if isinstance(limits, KernelLimits) else KernelLimits(**(limits or {}))
+        super().__init__(DockerProvisioner(raw_output_bytes=limits.raw_output_bytes, **options),
+                         startup_timeout=startup_timeout, limits=limits)

@@ -1,3 +1,5 @@
+# mypy: ignore-errors
+# (kernel-side code patching IPython's classes at run time; its tests check it, in real kernels)
 """Run by each kernel at start-up (as a file, not imported): keeps honest code inside the
 channel limits of `sandbox.base.KernelLimits`.
 

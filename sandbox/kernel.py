@@ -1,18 +1,16 @@
-"""Jupyter messaging shared by every backend, and the kernel lifecycle built on it.
+"""Jupyter messaging, and the one kernel lifecycle every backend shares.
 
 `KernelSession` speaks the Jupyter protocol to one running kernel (execute, interrupt, stdin
-RPC, bounded output capture). `KernelSandbox` adds what every backend needs on top: timeouts
-that interrupt then restart, crash detection, fresh connection files per launch. A backend only
-says how to launch, probe and kill the kernel process.
+requests, bounded output capture). `KernelSandbox` is the sandbox built on it: timeouts that
+interrupt then restart, crash detection, fresh connection files per launch. How the kernel
+process runs is its `Provisioner`'s business (`sandbox.local`, `sandbox.docker`).
 """
 
 from __future__ import annotations
 
-import abc
 import ast
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -20,8 +18,6 @@ import re
 import secrets
 import shutil
 import stat
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -30,6 +26,7 @@ from typing import Any
 from jupyter_client.connect import write_connection_file
 from jupyter_client.session import Session
 
+from . import rpc
 from .base import (
     Delivery,
     ExecutionResult,
@@ -44,7 +41,9 @@ from .base import (
     readable_dir,
     valid_text,
 )
-from .runtime import RPC_PREFIX
+from .cleanup import private_root, reap_orphans_once, remove_tree
+from .provisioner import Launch, Provisioner
+from .rpc import Reply
 from .wire import Connection
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -270,24 +269,25 @@ async def _serve_stdin(
     remaining: float | None,
     stderr: Output,
 ) -> str | None:
-    """Answer one stdin prompt: an RPC request goes to `on_request`; a plain `input()` gets ''."""
+    """Answer one stdin prompt: a request (see `sandbox.rpc`) goes to `on_request`; a plain
+    `input()` gets ''. None when the deadline passed while the request was served."""
     prompt = content.get("prompt")
-    if not isinstance(prompt, str) or not prompt.startswith(RPC_PREFIX):
+    if not isinstance(prompt, str) or not prompt.startswith(rpc.PREFIX):
         stderr.write("[sandbox] input() is not available in this REPL; it returned ''.\n")
         return ""
     try:
-        request = json.loads(prompt[len(RPC_PREFIX) :])
+        request = json.loads(prompt[len(rpc.PREFIX) :])
         if not isinstance(request, dict):
             raise ValueError("request must be a JSON object")
     except (ValueError, RecursionError) as exc:
-        return json.dumps({"ok": False, "error": f"malformed request: {exc}"})
+        return Reply.failed(f"malformed request: {exc}").to_json()
     if on_request is None:
-        return json.dumps({"ok": False, "error": "no request handler is attached to this sandbox"})
+        return Reply.failed("no request handler is attached to this sandbox").to_json()
     try:
         reply = await asyncio.wait_for(on_request(request), remaining)
     except TimeoutError:
         return None
-    return json.dumps(reply)
+    return reply.to_json()
 
 
 def _json_items(frames: list[bytes]) -> int:
@@ -357,59 +357,8 @@ def _expressions(raw: Any) -> dict[str, Any]:
     return values
 
 
-def controller_gone(name: str) -> bool:
-    """Whether `name` ("rlm-<pid>-...", as this module and the backends name what a sandbox
-    leaves on the host) belongs to a controller process that no longer runs."""
-    pid = name.split("-")[1] if name.count("-") >= 2 else ""
-    if not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # someone else's live process
-        pass
-    return False
-
-
-def remove_tree(path: Path) -> None:
-    """Remove a directory tree a sandbox may have shaped, never following a link out of it.
-
-    Python's `rmtree` works through directory fds but recurses, so a tree nested thousands deep
-    raises RecursionError; `rm` (iterative, no link following either) then finishes the job.
-    """
-    try:
-        shutil.rmtree(path)
-    except FileNotFoundError:
-        return
-    except (OSError, RecursionError):
-        subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], check=False,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if os.path.lexists(path):
-        log.warning("could not remove %s", path)
-
-
-def reap_orphan_dirs() -> int:
-    """Remove the private directories of sandboxes whose controller died without cleaning up
-    (killed: its kernels died with it, their files stay); returns how many."""
-    orphans = [path for path in Path(tempfile.gettempdir()).glob("rlm-*-*") if controller_gone(path.name)]
-    for path in orphans:
-        remove_tree(path)
-    return len(orphans)
-
-
-@functools.cache
-def _reap_orphans_once() -> None:
-    try:
-        reap_orphan_dirs()
-    except Exception:  # leftovers of others must never stop a new sandbox
-        log.exception("reaping orphaned sandbox directories failed")
-
-
 class KernelSandbox(Sandbox):
-    """A `Sandbox` whose kernel runs as some process the subclass launches.
-
-    Subclasses implement `_launch`, `_alive` and `_kill`; everything else is shared.
+    """A `Sandbox` whose kernel process a `Provisioner` runs; everything else is shared.
 
     Host side, per sandbox: a private directory (`root`, never bound writable) holding the
     inbox (deliveries, bound read-only) and one fresh IPC directory per launch. Once a kernel
@@ -420,103 +369,87 @@ class KernelSandbox(Sandbox):
     #: How long an interrupted cell may take to stop before the kernel is restarted.
     interrupt_grace: float = 3.0
 
-    def __init__(self, *, startup_timeout: float = 60.0,
+    def __init__(self, provisioner: Provisioner, *, startup_timeout: float = 60.0,
                  limits: KernelLimits | Mapping[str, int] | None = None) -> None:
+        self.provisioner = provisioner
         self.startup_timeout = startup_timeout
         # a mapping too, so that limits can come from JSON (the CLI, saved configs)
         self.limits = limits if isinstance(limits, KernelLimits) else KernelLimits(**(limits or {}))
-        if not shutil.rmtree.avoids_symlink_attacks:  # the cleanup below relies on it
-            raise SandboxUnavailable("this platform's shutil.rmtree can follow symlinks")
-        _reap_orphans_once()
-        self.root = Path(tempfile.mkdtemp(prefix=f"rlm-{os.getpid()}-"))
-        self.inbox = readable_dir(self.root / "inbox")
-        self.ipcdir = self.root / "ipc-0"
+        self.root: Path | None = None
+        self.ipcdir: Path | None = None
         self._ipc_fd: int | None = None
         self._session: KernelSession | None = None
         self._launches = 0
         self._deliveries = 0
         self._closed = False
 
-    @abc.abstractmethod
-    def _launch(self, connection_file: Path) -> None:
-        """Start the kernel process reading `connection_file`."""
+    @property
+    def workdir(self) -> str:
+        return self.provisioner.workdir
 
-    async def _launch_async(self, connection_file: Path) -> None:
-        """`_launch` from the event loop; a backend whose launch blocks (an HTTP API) overrides
-        this to run it in a thread."""
-        self._launch(connection_file)
+    @property
+    def inbox(self) -> Path:
+        if self.root is None:
+            raise SandboxStartError("the sandbox has not started")
+        return self.root / "inbox"
 
-    @abc.abstractmethod
-    def _alive(self) -> bool:
-        """Whether the kernel process still runs."""
-
-    @abc.abstractmethod
-    def _kill(self) -> None:
-        """Kill the kernel process and everything it started."""
-
-    def _grant(self, ipcdir: Path) -> None:
-        """Let the kernel's user create its sockets in a new IPC directory (before launch)."""
-
-    def _cleanup(self) -> None:
-        """Release per-sandbox resources after the last kill."""
-        remove_tree(self.root)
-
-    def _startup_log(self) -> str:
-        """What the kernel process printed, shown when it fails to start."""
-        return ""
+    @property
+    def oom_killed(self) -> bool:
+        return self.provisioner.oom_killed
 
     def delivery(self) -> Delivery:
         self._deliveries += 1
-        host = self.inbox / str(self._deliveries)
-        return Delivery(host, self.path_in_sandbox(host))
-
-    def kernel_args(self, connection_file: Path) -> list[str]:
-        """The kernel's command line after the interpreter."""
-        return ["-m", "ipykernel_launcher", "-f", str(connection_file),
-                "--HistoryManager.enabled=False", "--IPKernelApp.quiet=True",
-                f"--IPKernelApp.exec_files={connection_file.parent / _GUARD_FILE}"]
-
-    def kernel_environment(self) -> dict[str, str]:
-        """The kernel's whole environment, built from nothing: no host secret reaches it."""
-        return {"HOME": self.workdir, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
-                "IPYTHONDIR": "/tmp/.ipython", "MPLBACKEND": "Agg"}
+        return Delivery(self.inbox / str(self._deliveries))
 
     async def start(self) -> None:
         if self._closed:
             raise SandboxStartError("this sandbox is closed")
+        if self.root is None:
+            if not shutil.rmtree.avoids_symlink_attacks:  # the cleanup relies on it
+                raise SandboxUnavailable("this platform's shutil.rmtree can follow symlinks")
+            reap_orphans_once()
+            self.root = private_root()
+            readable_dir(self.inbox)
+            await self.provisioner.prepare(self.root)
         self._launches += 1
         # A fresh IPC directory per launch, made before any kernel runs: nothing the previous
         # kernel planted can be in it, so writing the connection file there is safe.
-        self.ipcdir = self.root / f"ipc-{self._launches}"
-        self.ipcdir.mkdir(mode=0o700)
-        connection_file = self.ipcdir / "kernel.json"
+        ipcdir = self.ipcdir = self.root / f"ipc-{self._launches}"
+        ipcdir.mkdir(mode=0o700)
+        connection_file = ipcdir / "kernel.json"
         # Kept in memory: the kernel rewrites the file while starting, so reading it back races.
-        _, written = write_connection_file(str(connection_file), transport="ipc", ip=str(self.ipcdir / "k"),
-                                        key=secrets.token_hex(32).encode())
+        _, written = write_connection_file(str(connection_file), transport="ipc", ip=str(ipcdir / "k"),
+                                           key=secrets.token_hex(32).encode())
         info = dict(written)
         connection_file.chmod(0o644)
         # Run as a file, not as a cell: a cell's output capture would undo the stream patch.
-        guard = self.ipcdir / _GUARD_FILE
+        guard = ipcdir / _GUARD_FILE
         chunk = max(1024, self.limits.output_message_bytes // 16)
-        guard.write_text(f"{_GUARD_SOURCE}\n_rlm_guard({chunk})\ndel _rlm_guard\n")
+        guard.write_text(f"{_GUARD_SOURCE}\n_rlm_guard({chunk})\ndel _rlm_guard\n{rpc.kernel_code()}")
         guard.chmod(0o644)
-        self._grant(self.ipcdir)
-        self._ipc_fd = os.open(self.ipcdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        self.provisioner.grant(ipcdir)
+        self._ipc_fd = os.open(ipcdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        launch = Launch(args=_kernel_args(connection_file), environment=self._environment(),
+                        ipcdir=ipcdir, inbox=self.inbox)
         try:
-            await self._launch_async(connection_file)
+            await self.provisioner.launch(launch)
             await self._wait_for_sockets(info)
             self._session = KernelSession(info, self._ipc_fd, self.limits)
             await self._session.connect()
-            await self._session.wait_ready(self.startup_timeout, self._alive)
+            await self._session.wait_ready(self.startup_timeout, self.provisioner.alive)
             self._seal_ipc(connection_file.name)
         except (SandboxStartError, SandboxCrashed) as exc:
             message = str(exc) if isinstance(exc, SandboxStartError) else f"could not connect to the kernel: {exc}"
-            log = self._startup_log()
+            output = self.provisioner.log()
             await self._stop_kernel()
-            raise SandboxStartError(f"{message}\n--- kernel log ---\n{log}" if log else message) from None
+            raise SandboxStartError(f"{message}\n--- kernel log ---\n{output}" if output else message) from None
         except BaseException:
             await self._stop_kernel()
             raise
+
+    def _environment(self) -> dict[str, str]:
+        return {"HOME": self.workdir, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
+                "IPYTHONDIR": "/tmp/.ipython", "MPLBACKEND": "Agg", **self.provisioner.environment()}
 
     async def _wait_for_sockets(self, info: dict[str, Any]) -> None:
         """Wait until the kernel has bound all its IPC sockets.
@@ -524,7 +457,6 @@ class KernelSandbox(Sandbox):
         Connecting earlier would race the kernel: the shell can be up while stdin still is not,
         and an input_request sent then is dropped and the cell never ends.
         """
-        assert self._ipc_fd is not None
         # the heartbeat's too: it must be bound before the directory is sealed
         names = [*KernelSession.socket_names(info), f"{os.path.basename(info['ip'])}-{info['hb_port']}"]
         deadline = time.monotonic() + self.startup_timeout
@@ -533,8 +465,8 @@ class KernelSandbox(Sandbox):
             now = time.monotonic()
             if now > deadline:
                 raise SandboxStartError(f"kernel did not open its sockets within {self.startup_timeout:.0f}s")
-            if now - checked >= _POLL_SECONDS:  # `_alive` may be a round trip to the Docker engine
-                if not self._alive():
+            if now - checked >= _POLL_SECONDS:  # `alive` may be a round trip to the Docker engine
+                if not self.provisioner.alive():
                     raise SandboxStartError("kernel process exited during start-up")
                 checked = now
             await asyncio.sleep(0.01)
@@ -563,9 +495,9 @@ class KernelSandbox(Sandbox):
         if type(exc) is not SandboxCrashed:
             return exc
         deadline = time.monotonic() + 2.0
-        while self._alive() and time.monotonic() < deadline:
+        while self.provisioner.alive() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        if self._alive():
+        if self.provisioner.alive():
             return SandboxCrashed("the kernel closed its channel")
         if self.oom_killed:
             return SandboxCrashed("the kernel process died: killed by the sandbox's memory limit")
@@ -590,7 +522,7 @@ class KernelSandbox(Sandbox):
                 on_request=on_request,
                 user_expressions=user_expressions,
                 max_output_chars=max_output_chars,
-                alive=self._alive,
+                alive=self.provisioner.alive,
             )
         except SandboxCrashed as exc:
             crash = await self._crash(exc)
@@ -609,10 +541,6 @@ class KernelSandbox(Sandbox):
             result.restarted = True
         return result
 
-    async def interrupt(self) -> None:
-        if self._session is not None:
-            await self._session.interrupt()
-
     async def restart(self) -> None:
         await self._stop_kernel()
         await self.start()
@@ -621,10 +549,11 @@ class KernelSandbox(Sandbox):
         if self._session is not None:
             await self._session.close()
             self._session = None
-        self._kill()
+        self.provisioner.kill()
         if self._ipc_fd is not None:
             os.close(self._ipc_fd)
             self._ipc_fd = None
+            assert self.ipcdir is not None
             remove_tree(self.ipcdir)  # the kernel is dead: nothing writes here now
 
     async def close(self) -> None:
@@ -632,4 +561,13 @@ class KernelSandbox(Sandbox):
             return
         self._closed = True
         await self._stop_kernel()
-        self._cleanup()
+        if self.root is not None:
+            self.provisioner.cleanup()
+            remove_tree(self.root)
+
+
+def _kernel_args(connection_file: Path) -> list[str]:
+    """The kernel's command line after the interpreter."""
+    return ["-m", "ipykernel_launcher", "-f", str(connection_file),
+            "--HistoryManager.enabled=False", "--IPKernelApp.quiet=True",
+            f"--IPKernelApp.exec_files={connection_file.parent / _GUARD_FILE}"]

@@ -9,6 +9,7 @@ cgroup where the machine allows one, else from rlimits.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -23,9 +24,12 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from .base import KernelLimits, SandboxStartError, SandboxUnavailable
-from .kernel import KernelSandbox, controller_gone
+from .cleanup import controller_gone
+from .kernel import KernelSandbox
+from .provisioner import Launch, Provisioner
 
 #: Unprivileged identity the kernel drops to when the controller runs as root ("nobody").
 SANDBOX_UID = 65534
@@ -108,10 +112,8 @@ class Cgroup:
             return cls(made)
         except OSError:
             for path in reversed(made):
-                try:
+                with contextlib.suppress(OSError):
                     path.rmdir()
-                except OSError:
-                    pass
             return None
 
     @property
@@ -150,24 +152,15 @@ class Cgroup:
         for _ in range(500):
             alive = self.pids()
             for pid in alive:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             remaining = [path for path in self.dirs if path.exists()]  # an orphan may lack some
             for path in remaining if not alive else ():
-                try:
+                with contextlib.suppress(OSError):
                     path.rmdir()
-                except OSError:
-                    pass
             if not remaining:
                 return
             time.sleep(0.01)
-
-
-@functools.cache
-def _reap_cgroups_once() -> None:
-    Cgroup.reap_orphans()
 
 
 class OutputTail:
@@ -198,11 +191,12 @@ class OutputTail:
         self._thread.join(timeout=5)
 
 
-class LocalSandbox(KernelSandbox):
-    """A kernel on this machine: under bubblewrap (`isolated=True`) or as a plain process.
+class LocalProvisioner(Provisioner):
+    """Runs the kernel on this machine: under bubblewrap (`isolated=True`) or as a plain process.
 
     `isolated=False` is the documented `unsafe-local` opt-in: no isolation at all, only a clean
-    environment and a private work dir. Use it where bubblewrap cannot run and the code is yours.
+    environment, a private work dir and the cgroup's limits. Use it where bubblewrap cannot run
+    and the code is yours.
     """
 
     def __init__(
@@ -216,13 +210,8 @@ class LocalSandbox(KernelSandbox):
         tmp_size: int | str = "1g",
         disk_limit: int | str = "2g",
         mounts: Sequence[str | Path] = (),
-        startup_timeout: float = 60.0,
-        limits: KernelLimits | Mapping[str, int] | None = None,
+        raw_output_bytes: int = 64 << 10,
     ) -> None:
-        if isolated and shutil.which("bwrap") is None:
-            raise SandboxUnavailable(_INSTALL_HINT)
-        super().__init__(startup_timeout=startup_timeout, limits=limits)
-        _reap_cgroups_once()
         self.isolated = isolated
         self.python = python or sys.executable
         self.memory_limit = parse_bytes(memory_limit)
@@ -231,27 +220,32 @@ class LocalSandbox(KernelSandbox):
         self.tmp_size = parse_bytes(tmp_size)
         self.disk_limit = parse_bytes(disk_limit)
         self.mounts = [Path(m).resolve() for m in mounts]
-        if isolated:
-            self.workdir = WORKDIR  # a tmpfs of `disk_limit` bytes inside the sandbox, not on host disk
-        else:  # unsafe-local: no boundary at all, so its work dir is a plain private host directory
-            self.workdir = str(self.root / "work")
-            os.mkdir(self.workdir, 0o700)
+        self.raw_output_bytes = raw_output_bytes
+        # isolated: a tmpfs of `disk_limit` bytes inside the sandbox, not on host disk;
+        # unsafe-local: no boundary at all, so a plain private host directory (made by `prepare`)
+        self.workdir = WORKDIR
         self._proc: subprocess.Popen[bytes] | None = None
         self._cgroup: Cgroup | None = None
         self._tail: OutputTail | None = None
         self._oom_kills = 0
         self._drop_root = isolated and os.geteuid() == 0
+
+    async def prepare(self, root: Path) -> None:
+        if self.isolated and shutil.which("bwrap") is None:
+            raise SandboxUnavailable(_INSTALL_HINT)
+        if not self.isolated:
+            self.workdir = str(root / "work")
+            os.mkdir(self.workdir, 0o700)
         if self._drop_root:
             for path in self.mounts:
                 needed = stat.S_IROTH | (stat.S_IXOTH if path.is_dir() else 0)
                 if path.stat().st_mode & needed != needed:
-                    self._cleanup()
                     raise SandboxStartError(
                         f"{path} is not readable by the sandbox's unprivileged user (uid {SANDBOX_UID}): "
                         f"make it world-readable (chmod o+r{'x' if path.is_dir() else ''})"
                     )
 
-    def _grant(self, ipcdir: Path) -> None:
+    def grant(self, ipcdir: Path) -> None:
         if self._drop_root:
             os.chown(ipcdir, SANDBOX_UID, SANDBOX_UID)
 
@@ -259,16 +253,15 @@ class LocalSandbox(KernelSandbox):
     def oom_killed(self) -> bool:
         return self._oom_kills > 0 or (self._cgroup is not None and self._cgroup.oom_kills > 0)
 
-    def kernel_environment(self) -> dict[str, str]:
+    def environment(self) -> dict[str, str]:
         return {
-            **super().kernel_environment(),
             "PATH": f"{os.path.dirname(self.python)}:/usr/local/bin:/usr/bin:/bin",
             "PYTHONNOUSERSITE": "1",
             # unsafe-local shares the host's /tmp: keep IPython's files in the private work dir
             "IPYTHONDIR": "/tmp/.ipython" if self.isolated else f"{self.workdir}/.ipython",
         }
 
-    def _bwrap_argv(self, connection_file: Path) -> list[str]:
+    def _bwrap_argv(self, launch: Launch) -> list[str]:
         argv = [
             "bwrap", "--die-with-parent", "--new-session", "--clearenv",
             "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
@@ -308,11 +301,11 @@ class LocalSandbox(KernelSandbox):
         made.update(("/tmp", self.workdir))
         for path in _python_prefixes(self.python):
             bind(path)
-        bind(str(self.ipcdir), writable=True)
-        bind(str(self.inbox))
+        bind(str(launch.ipcdir), writable=True)
+        bind(str(launch.inbox))
         for mount in self.mounts:
             bind(str(mount))
-        for name, value in self.kernel_environment().items():
+        for name, value in launch.environment.items():
             argv += ["--setenv", name, value]
         argv += ["--chdir", str(self.workdir)]
         if self._drop_root:
@@ -320,7 +313,7 @@ class LocalSandbox(KernelSandbox):
                 "setpriv", f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups",
                 "--inh-caps=-all", "--bounding-set=-all", "--",
             ]
-        return [*argv, self.python, *self.kernel_args(connection_file)]
+        return [*argv, self.python, *launch.args]
 
     def _limit_child(self) -> None:
         """Runs in the child between fork and exec: enter the cgroup, or fall back to rlimits."""
@@ -337,16 +330,15 @@ class LocalSandbox(KernelSandbox):
             limit = running + self.max_processes
             resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
 
-    def _launch(self, connection_file: Path) -> None:
+    async def launch(self, launch: Launch) -> None:
         # unsafe-local gets the cgroup too: no isolation, but limits and a sure cleanup.
         self._cgroup = Cgroup.create(f"rlm-{os.getpid()}-{uuid.uuid4().hex[:12]}", self.memory_limit,
                                      self.max_processes, self.cpus)
         if self.isolated:
-            argv, env, cwd = self._bwrap_argv(connection_file), {}, None
+            argv, env, cwd = self._bwrap_argv(launch), {}, None
         else:
-            argv = [self.python, *self.kernel_args(connection_file)]
-            env, cwd = self.kernel_environment(), self.workdir
-        self._tail = OutputTail(self.limits.raw_output_bytes)
+            argv, env, cwd = [self.python, *launch.args], launch.environment, self.workdir
+        self._tail = OutputTail(self.raw_output_bytes)
         try:
             # Launched from the calling thread: bwrap's --die-with-parent follows this thread.
             self._proc = subprocess.Popen(
@@ -356,19 +348,17 @@ class LocalSandbox(KernelSandbox):
         except OSError as exc:
             raise SandboxStartError(f"could not launch the kernel: {exc}") from exc
 
-    def _startup_log(self) -> str:
+    def log(self) -> str:
         return self._tail.text()[-2000:] if self._tail is not None else ""
 
-    def _alive(self) -> bool:
+    def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def _kill(self) -> None:
+    def kill(self) -> None:
         if self._proc is not None:
             if self._proc.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(self._proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             self._proc.wait()
             self._proc = None
         if self._cgroup is not None:
@@ -378,3 +368,13 @@ class LocalSandbox(KernelSandbox):
         if self._tail is not None:
             self._tail.close()
             self._tail = None
+
+
+class LocalSandbox(KernelSandbox):
+    """A kernel sandbox on this machine; options as `LocalProvisioner`'s, plus the kernel's."""
+
+    def __init__(self, *, startup_timeout: float = 60.0, limits: KernelLimits | Mapping[str, int] | None = None,
+                 **options: Any) -> None:
+        limits = limits if isinstance(limits, KernelLimits) else KernelLimits(**(limits or {}))
+        super().__init__(LocalProvisioner(raw_output_bytes=limits.raw_output_bytes, **options),
+                         startup_timeout=startup_timeout, limits=limits)

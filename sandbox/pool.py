@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from .base import Sandbox
+from .base import Backend, Sandbox, SandboxError
 
 log = logging.getLogger("rlm.sandbox")
 
 
 class SandboxPool:
-    def __init__(self, backend: str = "local", size: int = 4, **options: Any) -> None:
+    def __init__(self, backend: Backend = "local", size: int = 4, **options: Any) -> None:
         from . import create_sandbox  # the registry lives in the package
 
-        self._create = lambda: create_sandbox(backend, **options)
+        self._create: Callable[[], Sandbox] = lambda: create_sandbox(backend, **options)
         self.backend = backend
         self.size = size
         self._ready: asyncio.Queue[Sandbox] = asyncio.Queue()
@@ -58,7 +59,7 @@ class SandboxPool:
     async def acquire(self) -> Sandbox:
         """A started sandbox of its own for the caller, who must close it."""
         if self._closed:
-            raise RuntimeError("the sandbox pool is closed")
+            raise SandboxError("the sandbox pool is closed")
         self._refill()
         self.handed_out += 1
         try:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from rlm.testing import fenced
 from sandbox import LocalSandbox, SandboxCrashed, SandboxUnavailable, create_sandbox
 from tests.conftest import ISOLATING, run_on, sandbox_dirs, sandbox_processes
-from tests.scripted_server import fenced
 
 MIB = 1 << 20
 REPO = Path(__file__).resolve().parents[1]
@@ -37,10 +37,10 @@ CGROUP_V2 = (CGROUP_ROOT / "cgroup.controllers").exists()
 def cgroup_dir(box, controller: str) -> Path:
     """The sandbox's own cgroup directory for `controller` (v1), or its single v2 directory."""
     if isinstance(box, LocalSandbox):
-        assert box._cgroup is not None, "the local sandbox runs without a cgroup"
-        dirs = box._cgroup.dirs  # v2: [path]; v1: [memory, pids, cpu]
+        assert box.provisioner._cgroup is not None, "the local sandbox runs without a cgroup"
+        dirs = box.provisioner._cgroup.dirs  # v2: [path]; v1: [memory, pids, cpu]
         return dirs[0] if len(dirs) == 1 else dirs[("memory", "pids", "cpu").index(controller)]
-    cid = box._container.id
+    cid = box.provisioner._container.id
     if CGROUP_V2:
         candidates = [CGROUP_ROOT / "system.slice" / f"docker-{cid}.scope", CGROUP_ROOT / "docker" / cid]
     else:
@@ -63,7 +63,7 @@ def host_pids(box) -> list[int]:
     """PIDs of every process of the sandbox, as the host numbers them."""
     if isinstance(box, LocalSandbox):
         return [int(p) for p in (cgroup_dir(box, "memory") / "cgroup.procs").read_text().split()]
-    top = box._container.top()
+    top = box.provisioner._container.top()
     column = top["Titles"].index("PID")
     return [int(row[column]) for row in top["Processes"]]
 
@@ -207,7 +207,7 @@ async def test_system_dirs_python_inbox_and_mounts_are_read_only_mounts(backend,
         (delivery.host / "delivered.txt").chmod(0o666)
         code = f"""
 import json, os, sys
-paths = ['/usr', '/etc', sys.prefix, sys.base_prefix, {delivery.inside!r}, {str(shared)!r}]
+paths = ['/usr', '/etc', sys.prefix, sys.base_prefix, {str(delivery.host)!r}, {str(shared)!r}]
 report = {{'uid': os.getuid(), 'prefix': sys.prefix,
           'read_only': {{p: bool(os.statvfs(p).f_flag & os.ST_RDONLY) for p in paths}}, 'errno': {{}}}}
 for path in [{str(data)!r}, {delivered!r}]:
@@ -268,8 +268,8 @@ async def test_memory_limit_stops_a_memory_bomb(box, backend):
     # The host's own OOM killer also ends a bomb in a crash, so a crash proves nothing: assert the
     # limit the host applied, the OOM record of the sandbox's own cgroup / container, and the
     # cgroup's high-water mark. Without the limit the configured value and the peak both fail.
-    if isinstance(box, LocalSandbox) and box._cgroup is None:  # no cgroup (not root): RLIMIT_DATA
-        limits = Path(f"/proc/{box._proc.pid}/limits").read_text()
+    if isinstance(box, LocalSandbox) and box.provisioner._cgroup is None:  # no cgroup (not root): RLIMIT_DATA
+        limits = Path(f"/proc/{box.provisioner._proc.pid}/limits").read_text()
         assert re.search(rf"^Max data size\s+{512 * MIB}\s+{512 * MIB}\s", limits, re.MULTILINE), limits
         out = await box.execute(MEMORY_BOMB, timeout=60)
         assert out.error_name == "MemoryError", out
@@ -277,7 +277,7 @@ async def test_memory_limit_stops_a_memory_bomb(box, backend):
         return
     assert int(cgroup_read(box, "memory", "memory.limit_in_bytes", "memory.max")) == 512 * MIB
     if backend == "docker":
-        host_config = box._container.attrs["HostConfig"]
+        host_config = box.provisioner._container.attrs["HostConfig"]
         assert host_config["Memory"] == 512 * MIB and host_config["MemorySwap"] == 512 * MIB
     assert not box.oom_killed
     with pytest.raises(SandboxCrashed, match="memory limit"):
@@ -299,7 +299,7 @@ def pids_limit(box) -> int:
     """The process limit the host applied to the sandbox."""
     value = int(cgroup_read(box, "pids", "pids.max", "pids.max"))
     if not isinstance(box, LocalSandbox):
-        assert box._container.attrs["HostConfig"]["PidsLimit"] == value
+        assert box.provisioner._container.attrs["HostConfig"]["PidsLimit"] == value
     return value
 
 
@@ -330,8 +330,10 @@ print(len(procs), failed)
 
 async def test_missing_bubblewrap_names_the_install_command(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
+    box = LocalSandbox()  # construction stores options; the check is part of acquiring
     with pytest.raises(SandboxUnavailable, match="apt-get install bubblewrap"):
-        LocalSandbox()
+        await box.start()
+    await box.close()
 
 
 async def test_no_process_or_directory_left_after_20_runs(scripted, backend):
@@ -405,7 +407,7 @@ async def test_cpu_burning_processes_get_one_cpu_and_leave_a_neighbour_responsiv
     async with create_sandbox(backend, cpus=1.0) as hostile, create_sandbox(backend) as neighbour:
         assert cpu_quota(hostile) == 1.0
         if backend == "docker":
-            assert hostile._container.attrs["HostConfig"]["NanoCpus"] == 1_000_000_000
+            assert hostile.provisioner._container.attrs["HostConfig"]["NanoCpus"] == 1_000_000_000
         # A heavy scheduling weight, so that on a machine busy with other work the burners still
         # want more than one CPU and get it: the quota alone then holds them to one.
         weight = ("cpu.weight", "10000") if CGROUP_V2 else ("cpu.shares", str(16 * 1024))
@@ -437,9 +439,9 @@ async def main():
     await box.execute("import subprocess; subprocess.Popen(['sleep', '297.5'])")
     info = {"root": str(box.root)}
     if sys.argv[1] == "local":
-        info.update(pids=box._cgroup.pids(), cgroups=[str(d) for d in box._cgroup.dirs])
+        info.update(pids=box.provisioner._cgroup.pids(), cgroups=[str(d) for d in box.provisioner._cgroup.dirs])
     else:
-        info.update(container=box._container.id)
+        info.update(container=box.provisioner._container.id)
     print(json.dumps(info), flush=True)
     time.sleep(600)
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
-
 import pytest
 
-from sandbox import SandboxCrashed, create_sandbox
-from sandbox.runtime import RPC_PREFIX
+from sandbox import Reply, SandboxCrashed, create_sandbox
+from sandbox.rpc import PREFIX as RPC_PREFIX
 from tests.conftest import BACKENDS, sandbox_dirs, sandbox_processes
 
 pytestmark = pytest.mark.parametrize("backend", BACKENDS)
@@ -64,7 +63,7 @@ async def test_stdin_rpc_round_trip_and_plain_input(box):
 
     async def handler(request):
         seen.append(request)
-        return {"ok": True, "result": request["x"] * 2}
+        return Reply(result=request["x"] * 2)
 
     code = f"import json; print(json.loads(input({RPC_PREFIX!r} + json.dumps({{'x': 21}})))['result'])"
     result = await box.execute(code, on_request=handler)
@@ -75,7 +74,7 @@ async def test_stdin_rpc_round_trip_and_plain_input(box):
 
 async def test_large_rpc_payload(box):
     async def handler(request):
-        return {"ok": True, "result": len(request["blob"])}
+        return Reply(result=len(request["blob"]))
 
     code = f"import json; print(json.loads(input({RPC_PREFIX!r} + json.dumps({{'blob': 'x' * 5_000_000}})))['result'])"
     assert (await box.execute(code, on_request=handler)).stdout == "5000000\n"

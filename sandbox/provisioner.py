@@ -1,0 +1,67 @@
+"""`Provisioner`: how one backend runs a kernel process, and nothing else.
+
+`KernelSandbox` owns the kernel's lifecycle and messaging and asks its provisioner to prepare,
+launch, poll, kill and clean up, the way `jupyter_client.provisioning` serves `KernelManager`.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What `KernelSandbox` hands a provisioner to start one kernel."""
+
+    #: The kernel's command line after the Python interpreter.
+    args: list[str]
+    #: The kernel's whole environment, built from nothing: no host secret reaches it.
+    environment: dict[str, str]
+    #: This launch's IPC directory (sockets, connection file), bound writable until sealed.
+    ipcdir: Path
+    #: Deliveries from the host, bound read-only.
+    inbox: Path
+
+
+class Provisioner(abc.ABC):
+    """Runs kernel processes for one sandbox. Constructors only store options; `prepare` does
+    the slow, fallible work once (engine checks, images, directories)."""
+
+    #: The kernel's working directory, as the kernel sees it (its own writable space).
+    workdir: str
+
+    async def prepare(self, root: Path) -> None:
+        """Acquire what every launch needs; `root` is the sandbox's private host directory."""
+
+    def grant(self, ipcdir: Path) -> None:
+        """Let the kernel's user create its sockets in a new IPC directory (before launch)."""
+
+    def environment(self) -> dict[str, str]:
+        """Variables this backend adds to the kernel's environment."""
+        return {}
+
+    @abc.abstractmethod
+    async def launch(self, launch: Launch) -> None:
+        """Start the kernel process."""
+
+    @abc.abstractmethod
+    def alive(self) -> bool:
+        """Whether the kernel process still runs."""
+
+    @abc.abstractmethod
+    def kill(self) -> None:
+        """Kill the kernel process and everything it started."""
+
+    def cleanup(self) -> None:
+        """Release what `prepare` acquired, after the last kill."""
+
+    def log(self) -> str:
+        """The tail of what the kernel process printed, shown when it fails to start."""
+        return ""
+
+    @property
+    def oom_killed(self) -> bool:
+        """Whether the host's record says the memory limit killed a process of this sandbox."""
+        return False
