@@ -7,13 +7,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sandbox.pool import SandboxPool
+from sandbox import Backend
 
 from .errors import ConfigError
+
+CodeFormat = Literal["fenced", "tool"]
+
+
+def _default_wheelhouse() -> Path:
+    return Path(os.environ.get("RLM_WHEELHOUSE", Path.home() / ".cache" / "rlm" / "wheelhouse"))
 
 
 class RLMConfig(BaseModel):
@@ -21,26 +28,28 @@ class RLMConfig(BaseModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
-    model: str = Field(default_factory=lambda: os.environ.get("RLM_MODEL", ""))
-    base_url: str | None = Field(default_factory=lambda: os.environ.get("RLM_BASE_URL"))
+    model: str = Field(default_factory=lambda: os.environ.get("RLM_MODEL", ""),
+                       description="Root model (default: $RLM_MODEL).")
+    base_url: str | None = Field(default_factory=lambda: os.environ.get("RLM_BASE_URL"),
+                                 description="OpenAI-compatible endpoint (default: $RLM_BASE_URL).")
     api_key: str | None = Field(default=None, repr=False, exclude=True)
-    sub_model: str | None = None
+    sub_model: str | None = Field(default=None, description="Model for llm_batch (default: the root model).")
     sub_base_url: str | None = None
     sub_api_key: str | None = Field(default=None, repr=False, exclude=True)
 
-    sandbox: str = "local"
+    sandbox: Backend = Field(default="local", description="Where the REPL runs.")
     sandbox_options: dict[str, Any] = Field(default_factory=dict)
-    pool: SandboxPool | None = Field(default=None, exclude=True,
-                                     description="Take sandboxes from this warm pool (same event loop).")
     allow_pip: bool | list[str] = Field(default=False, description="pip_install() policy: all, none or these names.")
-    code_format: Literal["fenced", "tool"] = "fenced"
+    wheelhouse: Path = Field(default_factory=_default_wheelhouse,
+                             description="Where pip_install's wheels are cached on the host ($RLM_WHEELHOUSE).")
+    code_format: CodeFormat = Field(default="fenced", description="How the root model writes code.")
     tips: str | None = None
 
-    max_turns: int = Field(default=20, ge=1)
+    max_turns: int = Field(default=20, ge=1, description="Root-model replies in all.")
     max_root_tokens: int | None = Field(default=None, ge=1)
     max_sub_calls: int | None = Field(default=1000, ge=0)
     max_sub_concurrency: int = Field(default=16, ge=1)
-    max_depth: int = Field(default=1, ge=0)
+    max_depth: int = Field(default=1, ge=0, description="Recursion depth: 0 no llm_batch, 1 plain sub-LLMs.")
     timeout: float | None = Field(default=1800.0, gt=0, description="Whole run, seconds.")
     exec_timeout: float = Field(default=300.0, gt=0, description="One REPL execution, seconds.")
     request_timeout: float = Field(default=600.0, gt=0, description="One model request, seconds.")
@@ -60,6 +69,12 @@ class RLMConfig(BaseModel):
     max_tokens: int | None = Field(default=None, description="Per root completion.")
     extra_body: dict[str, Any] = Field(default_factory=dict)
     logprobs: bool = Field(default=False, description="Ask for per-token logprobs of root completions.")
+
+    def __init__(self, **settings: Any) -> None:
+        try:
+            super().__init__(**settings)
+        except ValidationError as exc:  # one error type for every bad setting, caught with RLMError
+            raise ConfigError(str(exc)) from None
 
     @model_validator(mode="after")
     def _resolve(self) -> RLMConfig:
@@ -88,6 +103,5 @@ class RLMConfig(BaseModel):
                 "base_url": base_url,
                 "api_key": api_key,
                 "max_depth": self.max_depth - 1,
-                "pool": None,  # a nested run may sit on another loop turn; it starts its own sandbox
             }
         )

@@ -1,18 +1,30 @@
-"""The exceptions `rlm` raises. Failures inside a run end up in `Result.error` instead."""
+"""The exceptions rlm raises, under one base: `except rlm.RLMError` catches them all.
+
+Failures inside a run end up in `Result.error` instead. The `sandbox` package is independent of
+rlm and has its own root, `SandboxError`; it is registered here as an `RLMError`, so the one
+base catches sandbox failures too (`except` honours the registration).
+"""
 
 from __future__ import annotations
 
+import abc
 
-class RLMError(Exception):
-    """Base class of every rlm error."""
+from sandbox import SandboxError
 
 
-class ConfigError(RLMError):
-    """The configuration is incomplete or contradictory (e.g. no model named)."""
+class RLMError(Exception, metaclass=abc.ABCMeta):
+    """Base class of every rlm error, sandbox errors included."""
+
+
+RLMError.register(SandboxError)
+
+
+class ConfigError(RLMError, ValueError):
+    """The configuration is incomplete or contradictory (no model named, an unknown backend...)."""
 
 
 class ModelError(RLMError):
-    """A model server call failed after its retries."""
+    """A model server call failed after its retries, or answered with something unusable."""
 
 
 class ContextLengthExceeded(ModelError):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import openai
 from openai import AsyncOpenAI
-from openai.types.chat import ChatCompletion
+from openai.types.chat import ChatCompletion, ChatCompletionMessageFunctionToolCall
 
 from .errors import ContextLengthExceeded, ModelError
 from .trajectory import TokenUsage
@@ -99,6 +99,8 @@ class ModelClient:
             raise ModelError(f"{self.model}: {type(exc).__name__}: {exc}") from exc
         except UnicodeEncodeError as exc:  # text that is not valid UTF-8 (a lone surrogate)
             raise ModelError(f"{self.model}: the request is not valid UTF-8: {exc}") from exc
+        except ValueError as exc:  # an answer whose body is not JSON (the SDK parses it with json)
+            raise ModelError(f"{self.model}: the server's answer is not a chat completion: {exc}") from exc
         latency = time.monotonic() - started
         if not response.choices:
             raise ModelError(f"{self.model}: the server returned no choices")
@@ -110,7 +112,7 @@ class ModelClient:
         tool_calls = [
             {"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": c.function.arguments}}
             for c in choice.message.tool_calls or []
-            if getattr(c, "function", None) is not None
+            if isinstance(c, ChatCompletionMessageFunctionToolCall)  # custom tools carry no function
         ]
         tokens = logprobs = None
         if choice.logprobs is not None and choice.logprobs.content is not None:

@@ -7,6 +7,8 @@ import json
 import re
 from typing import Any
 
+from sandbox import ExecutionResult
+
 from .config import RLMConfig
 
 #: The function tool offered in `code_format="tool"`, as verifiers' RLMEnv offers it.
@@ -184,33 +186,26 @@ def nudge(config: RLMConfig) -> str:
     return NO_CODE_NUDGE.format(how=how)
 
 
-def format_execution(
-    *, stdout: str, stderr: str, error: str | None, timed_out: bool, restarted: bool,
-    crashed: str | None, chars_cut: int, exec_timeout: float, max_output_chars: int,
-) -> tuple[str, int]:
-    """The REPL feedback for one execution, cut to `max_output_chars` with a visible note.
-
-    `crashed` says why the kernel died, when it did. Returns the text and the total number of
-    characters cut from it.
-    """
-    parts = [stdout]
-    if stderr:
-        parts.append(stderr)
-    if error:
-        parts.append(error)
+def format_execution(result: ExecutionResult | None, crashed: BaseException | None,
+                     config: RLMConfig) -> tuple[str, int]:
+    """The REPL feedback for one execution (`result`, None when the kernel died of `crashed`),
+    cut to `max_output_chars` with a visible note. Returns the text and the characters cut."""
+    parts = [result.stdout, result.stderr, result.error or ""] if result is not None else []
     text = "".join(p if p.endswith("\n") or not p else p + "\n" for p in parts).rstrip("\n")
-    cut = chars_cut
-    if len(text) > max_output_chars:
-        half = max_output_chars // 2
+    cut = result.chars_cut if result is not None else 0
+    limit = config.max_output_chars
+    if len(text) > limit:
+        half = limit // 2
         cut += len(text) - 2 * half
         text = f"{text[:half]}\n[... {len(text) - 2 * half:,} characters cut ...]\n{text[-half:]}"
     notes = []
     if cut:
         notes.append(f"[output truncated: {cut:,} characters cut; print less]")
-    if timed_out:
-        notes.append(f"[execution timed out after {exec_timeout:g}s and was interrupted]")
-    if restarted or crashed:
-        cause = f"the kernel died ({crashed})" if crashed else "the kernel did not stop after the interrupt"
+    if result is not None and result.timed_out:
+        notes.append(f"[execution timed out after {config.exec_timeout:g}s and was interrupted]")
+    if crashed is not None or (result is not None and result.restarted):
+        cause = (f"the kernel died ({str(crashed) or type(crashed).__name__})" if crashed is not None
+                 else "the kernel did not stop after the interrupt")
         notes.append(
             f"[{cause}: it was restarted and all REPL state was lost. `context`, `llm_batch` and "
             "`answer` (with its last content) were restored; re-create your other variables.]"

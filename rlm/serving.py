@@ -36,13 +36,14 @@ TINY_INSTALL_HINT = "pip install 'rlm-lab[tiny]'  (llama-cpp-python[server] and 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _answers(url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            return 200 <= response.status < 300
+            return bool(200 <= response.status < 300)
     except (urllib.error.URLError, OSError, ValueError):
         return False
 
@@ -113,7 +114,8 @@ class ManagedServer(abc.ABC):
         while time.monotonic() < deadline:
             code = None if self._process is None else self._process.poll()
             if code is not None:
-                self._log_thread.join(timeout=2)  # the pipe closed: let the last lines arrive
+                if self._log_thread is not None:
+                    self._log_thread.join(timeout=2)  # the pipe closed: let the last lines arrive
                 self.stop()
                 raise ServerStartError(f"the server exited with {code} during start-up:\n{self.log_tail()}")
             if _answers(self.health_url, timeout=1.0):

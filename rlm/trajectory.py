@@ -10,7 +10,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+#: Why a run ended.
 Status = Literal["ready", "max_turns", "timeout", "budget", "error"]
+#: What went wrong in a turn: no code to run, an exception in the code, a timeout, a kernel crash.
+TurnErrorKind = Literal["no_code", "exception", "timeout", "crash"]
 
 
 class TokenUsage(BaseModel):
@@ -69,7 +72,10 @@ class Turn(BaseModel):
     assistant: str
     code: list[str] = Field(default_factory=list)
     output: str = ""
+    #: What went wrong, for people: the exception's name, "timeout", the crash, "no code".
     error: str | None = None
+    #: What went wrong, for code.
+    error_kind: TurnErrorKind | None = None
     timed_out: bool = False
     restarted: bool = False
     chars_cut: int = 0

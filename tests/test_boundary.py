@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
+import rlm
+from rlm.testing import fenced
 from sandbox import KernelLimits, SandboxProtocolError, create_sandbox
 from tests.conftest import ISOLATING, run_on
 from tests.controller_process import run_controller
-from tests.scripted_server import fenced
 
 each_backend = pytest.mark.parametrize("backend", ISOLATING)
 MB = 1 << 20
@@ -99,8 +100,6 @@ print('planted', planted)
 async def test_planted_links_never_redirect_a_host_write(scripted, victim, backend):
     """The restore path after a crash, the restart after a timeout, and a pip delivery, each
     preceded by links planted everywhere the sandbox can write."""
-    import rlm.broker
-
     server = scripted([
         fenced("answer['content'] = 'kept'"),
         fenced(_plant(victim) + "\nimport os, signal\nos.kill(os.getpid(), signal.SIGKILL)"),
@@ -109,7 +108,7 @@ async def test_planted_links_never_redirect_a_host_write(scripted, victim, backe
         fenced(_plant(victim) + "\nprint(pip_install(['inflection==0.5.1']))\nimport inflection"),
         fenced("print(len(context), answer['content'])\nanswer['ready'] = True"),
     ])
-    rlm.broker.WHEELHOUSE.mkdir(parents=True, exist_ok=True)
+    rlm.RLMConfig(model="m").wheelhouse.mkdir(parents=True, exist_ok=True)
     result = await run_on(server, "0123456789", sandbox=backend, allow_pip=["inflection"], exec_timeout=3)
     assert victim.fingerprint() == victim.before
     assert result.status == "ready" and result.turns[1].restarted and result.turns[2].restarted
@@ -157,10 +156,10 @@ async def test_raw_output_reaches_the_host_only_as_a_capped_tail(backend):
             "print('done', file=sys.__stdout__, flush=True)", timeout=120, max_output_chars=1000)
         disk.assert_unchanged("for 330 MB of raw output")
         if backend == "docker":
-            box._container.reload()
-            log_size = _file_size(box._container.attrs["LogPath"])
+            box.provisioner._container.reload()
+            log_size = _file_size(box.provisioner._container.attrs["LogPath"])
             assert log_size <= 4 * limits.raw_output_bytes, f"container log is {log_size} bytes"
-        assert len(box._startup_log()) <= limits.raw_output_bytes
+        assert len(box.provisioner.log()) <= limits.raw_output_bytes
         assert sorted(p.name for p in box.root.iterdir()) == ["inbox", "ipc-1"]  # no log file of ours
     assert out.ok and out.chars_cut > 290_000_000  # it reached the REPL output, cut there
 
@@ -205,8 +204,8 @@ async def test_controller_memory_stays_bounded_under_answer_and_output_floods(sc
         fenced("print('p' * 150_000_000)"),
         fenced("'r' * 150_000_000"),
         fenced("from IPython.display import display\nfor i in range(20000): display('d' * 100)"),
-        fenced("def _rlm_state():\n    return 's' * 15_000_000"),
-        fenced("def _rlm_state():\n    return 's' * 100_000_000"),
+        fenced("import rlm_runtime\nrlm_runtime.answer_state = lambda namespace: 's' * 15_000_000"),
+        fenced("import rlm_runtime\nrlm_runtime.answer_state = lambda namespace: 's' * 100_000_000"),
         fenced("answer = {'content': 'done', 'ready': True}"),
     ]
     baseline = run_controller(scripted([fenced("answer = {'content': 'done', 'ready': True}")]).base_url,

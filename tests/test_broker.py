@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from rlm.testing import fenced, is_root
 from tests.conftest import ISOLATING, run_on
-from tests.scripted_server import fenced, is_root
 
 
 async def test_32_prompts_run_concurrently_and_return_in_order(scripted):
@@ -151,9 +151,7 @@ async def test_slow_sub_call_times_out_into_its_slot(scripted):
 @pytest.mark.parametrize("backend", ISOLATING)
 async def test_pip_install_is_brokered_by_the_host(scripted, tmp_path, monkeypatch, backend):
     """A real pure-Python package from PyPI: the host downloads it, the offline sandbox imports it."""
-    import rlm.broker
-
-    monkeypatch.setattr(rlm.broker, "WHEELHOUSE", tmp_path / "wheels")
+    monkeypatch.setenv("RLM_WHEELHOUSE", str(tmp_path / "wheels"))
     server = scripted([
         fenced("print(pip_install(['inflection==0.5.1']))\nimport inflection\nprint(inflection.camelize('rlm_lab'))"),
         fenced("answer['ready'] = True"),
@@ -161,6 +159,7 @@ async def test_pip_install_is_brokered_by_the_host(scripted, tmp_path, monkeypat
     result = await run_on(server, "data", allow_pip=["inflection"], sandbox=backend)
     assert result.turns[0].output.strip().splitlines() == ["['inflection-0.5.1-py2.py3-none-any.whl']", "RlmLab"]
     assert "pip_install" in server.root_requests[0]["messages"][0]["content"]
+    assert (tmp_path / "wheels" / "inflection-0.5.1-py2.py3-none-any.whl").exists()  # the configured wheelhouse
 
 
 @pytest.mark.parametrize(("policy", "request_", "message"), [

@@ -45,12 +45,13 @@ from rlm.broker import Broker
 from rlm.config import RLMConfig
 from rlm.controller import Controller
 from rlm.models import ModelClient
-from rlm.trajectory import Result, Turn, Usage
-from sandbox import KernelLimits, SandboxProtocolError, create_sandbox, valid_text
-from sandbox.runtime import RPC_PREFIX
+from rlm.state import RunState
+from rlm.testing import ScriptedServer, fenced
+from rlm.trajectory import Result, Turn
+from sandbox import KernelLimits, Reply, SandboxProtocolError, create_sandbox, valid_text
+from sandbox.rpc import PREFIX as RPC_PREFIX
 from tests.conftest import ISOLATING, run_on
 from tests.controller_process import run_controller
-from tests.scripted_server import ScriptedServer, fenced
 
 MAX_BATCH = 16  # max_batch_prompts of the fuzzed broker: a "huge prompt list" is cheap to make
 MAX_PROMPT = 2000  # max_prompt_chars
@@ -135,7 +136,7 @@ def fresh_stack(fn: Any, *args: Any) -> Any:
     def target() -> None:
         try:
             box.append((True, fn(*args)))
-        except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+        except BaseException as exc:
             box.append((False, exc))
 
     thread = threading.Thread(target=target)
@@ -441,7 +442,7 @@ class RpcBench:
 
     async def start(self) -> RpcBench:
         self.client = ModelClient.from_config(self.config, "sub")
-        self.broker = Broker(self.config, self.client, Usage(), [])
+        self.broker = Broker(RunState.new(self.config), self.client)
         await self.sandbox.start()
         await self._setup()
         return self
@@ -450,13 +451,13 @@ class RpcBench:
         setup = await self.sandbox.execute(KERNEL_SEND, timeout=60)
         assert setup.ok, setup.error
 
-    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def handle(self, request: dict[str, Any]) -> Reply:
         self.seen.append(request)
         try:
             return await self.broker.handle(request)
-        except Exception as exc:  # noqa: BLE001 - recorded: the test fails on it
+        except Exception as exc:
             self.raised.append(exc)
-            return {"ok": False, "error": f"harness: the broker raised {exc!r}"}
+            return Reply.failed(f"harness: the broker raised {exc!r}")
 
     async def send(self, payload_expr: str, prefix: str = RPC_PREFIX, timeout: float = 60) -> Any:
         try:
@@ -512,9 +513,9 @@ class LiveController(Controller):
         super().__init__(config)
         self._live = live
 
-    async def _loop(self, sandbox, data_file, root, broker, result):  # type: ignore[no-untyped-def]
-        self._live.result = result
-        await super()._loop(sandbox, data_file, root, broker, result)
+    async def _loop(self, run, root, broker):  # type: ignore[no-untyped-def]
+        self._live.result = run.result
+        await super()._loop(run, root, broker)
 
 
 @dataclass
@@ -524,11 +525,24 @@ class Step:
     ended: bool
 
 
+#: Kernel code that routes the runtime's answer-state hook (`rlm.runtime.answer_state`) through a
+#: user-namespace `_rlm_state()` and its limits through a `_RLM_LIMITS` dict, so that hostile
+#: examples reach both from a plain cell. Installed again after a restart (a fresh runtime).
+STATE_HOOK = (
+    "import sys as _fz_sys, dataclasses as _fz_dc\n"
+    "_fz_rt = _fz_sys.modules['rlm_runtime']\n"
+    "if not hasattr(_fz_rt, '_fz_state'):\n"
+    "    _fz_rt._fz_state = _fz_rt.answer_state\n"
+    "    _RLM_LIMITS = _fz_dc.asdict(_fz_rt.LIMITS)\n"
+    "    _fz_rt.LIMITS = type('L', (), {'__getattr__': lambda self, key: _RLM_LIMITS[key]})()\n"
+    "    _fz_rt.answer_state = lambda namespace: namespace['_rlm_state']()\n"
+    "    _rlm_state = lambda: _fz_rt._fz_state(globals())\n"
+)
 #: Run at the start of every run.
-LIVE_SETUP = KERNEL_SEND
+LIVE_SETUP = STATE_HOOK + KERNEL_SEND
 #: Run first in every example: undo what the previous example did to the state channel (the
 #: runtime's `_rlm_state` is kept at the first example, and again after a kernel restart).
-PROLOGUE = ("_rlm_state = globals().setdefault('_fz_state', _rlm_state)\n"
+PROLOGUE = (STATE_HOOK + "_rlm_state = globals().setdefault('_fz_state', _rlm_state)\n"
             f"_RLM_LIMITS['answer_chars'] = {ANSWER_LIMIT}\n")
 
 
@@ -787,7 +801,7 @@ def repr_text_oracle(text: str) -> Expect:
     literal when it is one, else keeps the text."""
     try:
         raw = ast.literal_eval(text)
-    except Exception:  # noqa: BLE001 - whatever the parser raises
+    except Exception:
         raw = text
     return state_text_oracle(raw) if isinstance(raw, str) else UNREADABLE
 
@@ -1032,7 +1046,7 @@ async def test_nastiest_answer_states_in_one_run(scripted):
         "answer = {'content': type('Bad', (), {'__str__': lambda self: 1 / 0})(), 'ready': True}",
     ]
     server = scripted(
-        [fenced("_fz_state = _rlm_state\nanswer['content'] = 'kept'")]
+        [fenced(STATE_HOOK + "_fz_state = _rlm_state\nanswer['content'] = 'kept'")]
         + [fenced(PROLOGUE + code) for code in hostile]
         + [fenced(PROLOGUE + "_RLM_LIMITS['answer_chars'] = 10 ** 9\n"
                   "answer = {'content': '\\ud800' * 5000, 'ready': True}")]
@@ -1053,7 +1067,7 @@ async def test_a_state_the_kernel_cannot_send_costs_a_timeout_and_the_run_goes_o
     goes on with the answer restored."""
     server = scripted([
         fenced("answer['content'] = 'kept'"),
-        fenced("_rlm_state = lambda: type('R', (), {'__repr__': lambda self: '\\ud800'})()"),
+        fenced(STATE_HOOK + "_rlm_state = lambda: type('R', (), {'__repr__': lambda self: '\\ud800'})()"),
         fenced("answer['ready'] = True"),
     ])
     result = await run_on(server, None, exec_timeout=2)
@@ -1085,7 +1099,7 @@ async def test_an_invalid_state_naming_a_lone_surrogate_leaves_the_run_going(scr
     """A redefined `_rlm_state` returning '{"invalid": "\\ud800"}' once put a lone surrogate in the
     root model's messages, and the next request raised out of the controller."""
     server = scripted([
-        fenced("_fz_state = _rlm_state\n_rlm_state = lambda: '{\"invalid\": \"\\\\ud800\"}'"),
+        fenced(STATE_HOOK + "_fz_state = _rlm_state\n_rlm_state = lambda: '{\"invalid\": \"\\\\ud800\"}'"),
         fenced("_rlm_state = _fz_state\nanswer['ready'] = True"),
     ])
     result = await run_on(server, None)  # raised before the fix
@@ -1104,9 +1118,9 @@ async def test_a_root_reply_with_a_lone_surrogate_leaves_the_run_going(scripted)
 def test_a_hostile_repr_of_the_state_leaves_controller_memory_bounded(scripted):
     """User-expression text is the kernel's to choose: a 2 MB list literal, far under the channel
     limit, once cost the controller ~0.7 GB of AST (some 350 bytes per byte sent)."""
-    hostile = ("_fz_state = _rlm_state\n"
+    hostile = (STATE_HOOK + "_fz_state = _rlm_state\n"
                "_rlm_state = lambda: type('R', (), {'__repr__': lambda self: '[' + '0,' * 1_000_000 + ']'})()")
-    done = "_rlm_state = globals().get('_fz_state', _rlm_state)\nanswer = {'content': 'done', 'ready': True}"
+    done = STATE_HOOK + "_rlm_state = globals().get('_fz_state', _rlm_state)\nanswer = {'content': 'done', 'ready': True}"
     baseline = run_controller(scripted([fenced(done)]).base_url, max_answer_chars=ANSWER_LIMIT)
     report = run_controller(scripted([fenced(hostile), fenced(done)]).base_url, max_answer_chars=ANSWER_LIMIT)
     assert report["status"] == "ready" and "state_unreadable" in report["events"][0], report
