@@ -282,7 +282,7 @@ async def _context_run(side: str, checkout: Path, backend: str, base_url: str, l
 
 
 async def _context_metrics(checkouts: dict[str, Path], logdir: Path, spawned: Spawned) -> dict[str, Any]:
-    from tests.scripted_server import ServerProcess, fenced  # stdlib only; one server for both sides
+    from rlm.testing import ServerProcess, fenced  # stdlib only; one server for both sides
 
     reply = fenced("answer['content'] = str(len(context)); answer['ready'] = True")
     report: dict[str, Any] = {}

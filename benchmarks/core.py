@@ -14,8 +14,8 @@ import time
 from typing import Any
 
 import rlm
+from rlm.testing import ScriptedServer, ServerProcess, fenced
 from sandbox import create_sandbox
-from tests.scripted_server import ScriptedServer, ServerProcess, fenced
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -75,7 +75,7 @@ def gigabyte_context() -> dict[str, float]:
     """Load time of a 1 GB str context and the controller's peak memory, in a fresh process."""
     script = (
         "import asyncio, resource, time, rlm\n"
-        "from tests.scripted_server import ScriptedServer, fenced\n"
+        "from rlm.testing import ScriptedServer, fenced\n"
         "data = 'x' * (1 << 30)\n"
         "with ScriptedServer([fenced(\"answer['content'] = str(len(context)); answer['ready'] = True\")]) as s:\n"
         "    t = time.perf_counter()\n"

@@ -10,7 +10,7 @@ from typing import Any
 
 import environments
 from environments import Environment, Score, Task
-from tests.scripted_server import ServerProcess, fenced
+from rlm.testing import ServerProcess, fenced
 
 LATENCY = 0.1
 TARGETS: dict[str, tuple[str, str]] = {"llm[200 rollouts]": ("ratio_to_ideal", "close to 1")}

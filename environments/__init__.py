@@ -14,12 +14,15 @@ import asyncio
 import importlib.util
 from typing import Any
 
+from rlm import MODES
+
 from .base import Environment, Score, Task
 from .deepdive import DeepDive, HTTPSearch, LocalSearch
-from .harness import MODES, Rollout, Summary, evaluate
+from .harness import evaluate
 from .math_python import MathPython
 from .niah import NeedleInAHaystack
 from .oolong import Oolong
+from .results import Rollout, Summary
 from .verbatim_copy import VerbatimCopy
 
 ENVIRONMENTS: dict[str, type[Environment]] = {

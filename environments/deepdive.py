@@ -19,12 +19,12 @@ from typing import Any, Protocol
 
 from .base import Environment, Score, Task, normalize, read_records
 
-_FIRST = "Ada Bruno Celia Dario Elsa Farid Greta Hugo Ines Jonas Kira Lior Mira Nils Oona Pavel Rosa Soren Tove Uma".split()
-_LAST = "Arden Blythe Castell Dunmore Everly Fairweather Grell Holt Ivers Jansky Kell Lorne Marrow Nyberg Oakes".split()
-_CITY = "Valmora Questa Dunhollow Brightwater Karsk Ostrel Pellham Tiravo Umberlin Wexford Yarrow Zelna".split()
-_COUNTRY = "Ardania Belmark Corvia Dalmatra Estoria".split()
-_OCCUPATION = "chemist architect violinist cartographer surgeon novelist engineer botanist".split()
-_INDUSTRY = "shipbuilding textiles optics printing ceramics railways".split()
+_FIRST = ["Ada", "Bruno", "Celia", "Dario", "Elsa", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Kira", "Lior", "Mira", "Nils", "Oona", "Pavel", "Rosa", "Soren", "Tove", "Uma"]
+_LAST = ["Arden", "Blythe", "Castell", "Dunmore", "Everly", "Fairweather", "Grell", "Holt", "Ivers", "Jansky", "Kell", "Lorne", "Marrow", "Nyberg", "Oakes"]
+_CITY = ["Valmora", "Questa", "Dunhollow", "Brightwater", "Karsk", "Ostrel", "Pellham", "Tiravo", "Umberlin", "Wexford", "Yarrow", "Zelna"]
+_COUNTRY = ["Ardania", "Belmark", "Corvia", "Dalmatra", "Estoria"]
+_OCCUPATION = ["chemist", "architect", "violinist", "cartographer", "surgeon", "novelist", "engineer", "botanist"]
+_INDUSTRY = ["shipbuilding", "textiles", "optics", "printing", "ceramics", "railways"]
 _TOKEN = re.compile(r"[a-z0-9]+")
 
 
@@ -215,7 +215,7 @@ class DeepDive(Environment):
             """Search the document collection; returns ids, titles and snippets of the best matches."""
             return json.dumps(backend.search(query))
 
-        def open(doc_id: str) -> str:  # noqa: A001 - the tool's name as the model sees it
+        def open(doc_id: str) -> str:
             """Open a document by id and return its full text."""
             return backend.open(doc_id)
 

@@ -7,11 +7,7 @@ from pathlib import Path
 
 from .base import Environment, Score, Task, normalize, read_records
 
-_WORDS = (
-    "river stone market lantern autumn signal garden harbor copper meadow window engine silver "
-    "orchard thunder canvas pillar valley mirror compass ember timber violet anchor beacon "
-    "prairie quartz saddle tunnel willow zenith basket circuit"
-).split()
+_WORDS = ["river", "stone", "market", "lantern", "autumn", "signal", "garden", "harbor", "copper", "meadow", "window", "engine", "silver", "orchard", "thunder", "canvas", "pillar", "valley", "mirror", "compass", "ember", "timber", "violet", "anchor", "beacon", "prairie", "quartz", "saddle", "tunnel", "willow", "zenith", "basket", "circuit"]
 
 
 def _filler(rng: random.Random, chars: int) -> list[str]:

@@ -14,10 +14,7 @@ from .base import Environment, Score, Task, read_records, similarity
 DEFAULT_LENGTHS = {"words": 200, "json": 500, "csv": 500, "codes": 300, "mixed": 600}
 ALL_MIX = {"words": 0.20, "json": 0.20, "csv": 0.20, "codes": 0.25, "mixed": 0.15}
 
-_VOCAB = (
-    "alpha bravo delta orbit quiet lemon tiger maple cobalt drift ember frost glide harbor ivory "
-    "jungle kernel lunar marble nectar oasis pepper quiver raven saffron tundra umber velvet"
-).split()
+_VOCAB = ["alpha", "bravo", "delta", "orbit", "quiet", "lemon", "tiger", "maple", "cobalt", "drift", "ember", "frost", "glide", "harbor", "ivory", "jungle", "kernel", "lunar", "marble", "nectar", "oasis", "pepper", "quiver", "raven", "saffron", "tundra", "umber", "velvet"]
 
 
 def _words(rng: random.Random, length: int) -> str:

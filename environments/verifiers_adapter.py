@@ -16,19 +16,16 @@ package); its `__all__` exports the three classes below once verifiers is instal
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import verifiers.v1 as vf
 from pydantic import Field
 from verifiers.v1.configs.client import resolve_api_key
 
-from rlm import RLM
-from rlm.config import RLMConfig
-from rlm.models import ModelClient
-from rlm.trajectory import Result
+import rlm
 
 from .base import Environment, Task
-from .harness import environment_class, llm_rollout
+from .harness import environment_class
 
 
 class RLMTaskData(vf.TaskData):
@@ -94,7 +91,7 @@ class RLMTaskset(vf.Taskset[RLMTask, RLMTasksetConfig]):
 
 class RLMHarnessConfig(vf.HarnessConfig):
     id: str = "environments"
-    mode: Literal["llm", "rlm", "rlm+tips"] = "rlm"
+    mode: rlm.Mode = "rlm"
     """`llm`: the data inline, one completion; `rlm`; `rlm+tips`: with the environment's tips."""
     include_sub_calls: bool = False
     """Send sub-LLM calls through the interception too, so they enter the trace (and training)."""
@@ -116,27 +113,17 @@ class RLMHarness(vf.Harness[RLMHarnessConfig]):
         task = data.to_task()
         sub = {} if self.config.include_sub_calls else {
             "sub_base_url": ctx.client.base_url, "sub_api_key": resolve_api_key(ctx.client)}
-        config = RLMConfig.model_validate({
-            **self.config.settings, "model": ctx.model, "base_url": endpoint, "api_key": secret, **sub,
-            "tips": "\n\n".join(filter(None, [environment.tips if self.config.mode == "rlm+tips" else None,
-                                                data.system_prompt])) or None,
-            "sub_tools": environment.sub_tools(task),
-        })
-        if self.config.mode == "llm":
-            client = ModelClient.from_config(config)
-            try:
-                result = await llm_rollout(environment, task, client)
-            finally:
-                await client.close()
-        else:
-            result = await RLM(config).arun(task.prompt, task.data)
+        config = rlm.RLMConfig(**{**self.config.settings, "model": ctx.model, "base_url": endpoint, "api_key": secret,
+                                  **sub, "tips": data.system_prompt or None})
+        # The reward is verifiers' to compute (RLMTask.reward), on the answer recorded below.
+        result = await rlm.solve_task(environment, task, self.config.mode, config)
         record(trace, result, counted_in_trace=not sub)
         if result.status == "error":
             return vf.ProgramResult(exit_code=1, stdout="", stderr=result.error or "rlm run failed")
         return vf.ProgramResult(exit_code=0, stdout=result.answer, stderr="")
 
 
-def record(trace: vf.Trace, result: Result, counted_in_trace: bool) -> None:
+def record(trace: vf.Trace, result: rlm.Result, counted_in_trace: bool) -> None:
     """Our result onto the verifiers trace: the answer, the budget that stopped the run, counts,
     and the sub-LLM usage that bypassed the interception."""
     trace.root_reply = result.answer

@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from sandbox import Backend, SandboxError, SandboxPool
+
 from .config import RLMConfig
 from .controller import Controller
 from .errors import ConfigError, ContextLengthExceeded, ModelError, RLMError, ServerStartError
-from .serving import LlamaCppServer, VLLMServer
-from .trajectory import Event, Result, Status, SubCall, Timings, TokenUsage, Turn, Usage
+from .serving import LlamaCppServer, ManagedServer, VLLMServer
+from .tasks import MODES, Mode, TaskRun, complete_once, run_task, solve_task, task_config
 from .training import Sample, TrainingRollout, rollout, rollout_group, to_samples
+from .trajectory import Event, Result, Status, SubCall, Timings, TokenUsage, Turn, TurnErrorKind, Usage
 
 __version__ = "0.1.0"
 
@@ -28,9 +31,9 @@ class RLM:
     def __init__(self, config: RLMConfig | None = None, **settings: Any) -> None:
         self.config = config.model_copy(update=settings) if config else RLMConfig(**settings)
 
-    async def arun(self, prompt: str, data: Any = None) -> Result:
-        """Run one RLM rollout over `data` and return its typed result."""
-        return await Controller(self.config).run(prompt, data)
+    async def arun(self, prompt: str, data: Any = None, *, pool: SandboxPool | None = None) -> Result:
+        """Run one RLM rollout over `data` (in a sandbox from `pool`, when given)."""
+        return await Controller(self.config).run(prompt, data, pool=pool)
 
     def run(self, prompt: str, data: Any = None) -> Result:
         """`arun` for synchronous code (starts its own event loop)."""
@@ -38,22 +41,24 @@ class RLM:
 
 
 def _config(model: str | None, base_url: str | None, api_key: str | None, sub_model: str | None,
-            sandbox: str, limits: dict[str, Any]) -> RLMConfig:
+            sandbox: Backend, limits: dict[str, Any]) -> RLMConfig:
     given = {"model": model, "base_url": base_url, "api_key": api_key, "sub_model": sub_model}
     return RLMConfig(sandbox=sandbox, **{k: v for k, v in given.items() if v is not None}, **limits)
 
 
 async def arun(
     prompt: str, data: Any = None, *, model: str | None = None, base_url: str | None = None,
-    api_key: str | None = None, sub_model: str | None = None, sandbox: str = "local", **limits: Any,
+    api_key: str | None = None, sub_model: str | None = None, sandbox: Backend = "local",
+    pool: SandboxPool | None = None, **limits: Any,
 ) -> Result:
-    """Run an RLM over `data`; `limits` are any other `RLMConfig` fields (max_turns, timeout...)."""
-    return await RLM(_config(model, base_url, api_key, sub_model, sandbox, limits)).arun(prompt, data)
+    """Run an RLM over `data`; `limits` are any other `RLMConfig` fields (max_turns, timeout...).
+    A bad setting raises `ConfigError`; everything that fails once the run starts is in the result."""
+    return await RLM(_config(model, base_url, api_key, sub_model, sandbox, limits)).arun(prompt, data, pool=pool)
 
 
 def run(
     prompt: str, data: Any = None, *, model: str | None = None, base_url: str | None = None,
-    api_key: str | None = None, sub_model: str | None = None, sandbox: str = "local", **limits: Any,
+    api_key: str | None = None, sub_model: str | None = None, sandbox: Backend = "local", **limits: Any,
 ) -> Result:
     """Synchronous `arun`."""
     return asyncio.run(arun(prompt, data, model=model, base_url=base_url, api_key=api_key,
@@ -61,7 +66,9 @@ def run(
 
 
 __all__ = [
-    "RLM", "ConfigError", "ContextLengthExceeded", "LlamaCppServer", "ModelError", "RLMConfig", "RLMError",
-    "Result", "Sample", "ServerStartError", "TrainingRollout", "VLLMServer", "rollout", "rollout_group", "to_samples",
-    "Event", "Status", "SubCall", "Timings", "TokenUsage", "Turn", "Usage", "arun", "run",
+    "MODES", "RLM", "Backend", "ConfigError", "ContextLengthExceeded", "Event", "LlamaCppServer", "ManagedServer",
+    "Mode", "ModelError", "RLMConfig", "RLMError", "Result", "Sample", "SandboxError", "SandboxPool",
+    "ServerStartError", "Status", "SubCall", "TaskRun", "Timings", "TokenUsage", "TrainingRollout", "Turn",
+    "TurnErrorKind", "Usage", "VLLMServer", "arun", "complete_once", "rollout", "rollout_group", "run", "run_task", "solve_task",
+    "task_config", "to_samples",
 ]

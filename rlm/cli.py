@@ -1,27 +1,55 @@
-"""The `rlm` command: `rlm run` (one RLM run), `rlm eval` (the evaluation harness), `rlm view`
-(HTML trajectories), `rlm serve` (a managed model server) and `rlm sandbox` (the Docker image)."""
+"""The `rlm` command: `rlm run` (one RLM run), `rlm view` (HTML trajectories), `rlm serve` (a
+managed model server) and `rlm sandbox` (the Docker image and leftovers). Other packages add
+commands through the `rlm.commands` entry point group: `rlm eval` comes from `environments`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import signal
-import os
 import sys
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any, get_args
 
-from pydantic import ValidationError
+from rich.console import Console
+from rich.logging import RichHandler
 
-from sandbox import BACKENDS, SandboxError
-
-from . import ConfigError, RLMConfig, RLMError
+from .config import RLMConfig
 from .controller import Controller
+from .errors import RLMError
 from .serving import LlamaCppServer, ManagedServer, VLLMServer
+
+#: What a command runs: its exit status, from async code or not.
+Handler = Callable[[argparse.Namespace], "int | Awaitable[int]"]
+#: Settings `rlm run` takes from the command line, each an `RLMConfig` field of the same name.
+RUN_SETTINGS = ("model", "base_url", "sub_model", "sandbox", "code_format", "max_turns", "max_depth", "timeout")
+
+stderr = Console(stderr=True)
+
+
+def add_config_options(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
+    """`--name` options for `RLMConfig` fields: types, choices and defaults come from the
+    config itself, so the command line never restates them. Unset options stay None."""
+    for name in names:
+        field = RLMConfig.model_fields[name]
+        annotation = field.annotation
+        choices = get_args(annotation) if annotation is not None and get_args(annotation) and all(
+            isinstance(a, str) for a in get_args(annotation)) else None
+        kind = next((t for t in (int, float) if annotation in (t, t | None)), str)
+        default = None if field.default_factory is not None else field.default
+        text = field.description or name.replace("_", " ")
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, choices=choices, default=None,
+                            help=text if default is None else f"{text} (default: {default})")
+
+
+def config_settings(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
+    """The `RLMConfig` fields given on the command line."""
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,41 +58,17 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="answer PROMPT over a data file with an RLM")
     run.add_argument("prompt")
     run.add_argument("--data", type=Path, help="file loaded into the REPL as `context` (text)")
-    run.add_argument("--model", help="root model (default: $RLM_MODEL)")
-    run.add_argument("--base-url", help="OpenAI-compatible endpoint (default: $RLM_BASE_URL)")
-    run.add_argument("--sub-model", help="model for llm_batch (default: the root model)")
-    run.add_argument("--sandbox", default="local", choices=BACKENDS)
-    run.add_argument("--code-format", default="fenced", choices=["fenced", "tool"])
-    run.add_argument("--max-turns", type=int, default=20)
-    run.add_argument("--max-depth", type=int, default=1)
-    run.add_argument("--timeout", type=float, default=1800.0, help="whole run, seconds")
+    add_config_options(run, RUN_SETTINGS)
     run.add_argument("--json", type=Path, metavar="OUT", help="write the full Result as JSON")
     run.add_argument("--tiny", action="store_true",
                      help="start the embedded CPU model (SmolLM2-135M) for this run and use it")
     run.add_argument("--verbose", "-v", action="store_true", help="show turns as they happen")
-
-    evaluate = commands.add_parser("eval", help="evaluate environments in llm / rlm / rlm+tips modes")
-    evaluate.add_argument("environments", nargs="+", metavar="ENV",
-                          help="deepdive, oolong, verbatim_copy, math_python, niah")
-    evaluate.add_argument("--model", help="root model (default: $RLM_MODEL)")
-    evaluate.add_argument("--base-url", help="OpenAI-compatible endpoint (default: $RLM_BASE_URL)")
-    evaluate.add_argument("--sub-model", help="model for llm_batch (default: the root model)")
-    evaluate.add_argument("--mode", default="llm,rlm,rlm+tips", help="comma-separated: llm, rlm, rlm+tips")
-    evaluate.add_argument("-n", type=int, default=50, help="tasks per environment")
-    evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--concurrency", type=int, default=16, help="rollouts at a time")
-    evaluate.add_argument("--out", type=Path, default=Path("results"), help="results.jsonl, trajectories, summary")
-    evaluate.add_argument("--option", action="append", default=[], metavar="ENV.KEY=VALUE",
-                          help="an environment's constructor option, e.g. oolong.context_tokens=8000 (repeatable)")
-    evaluate.add_argument("--sandbox", default="local", choices=BACKENDS)
-    evaluate.add_argument("--max-turns", type=int, default=20)
-    evaluate.add_argument("--max-tokens", type=int, help="per completion")
-    evaluate.add_argument("--tiny", action="store_true", help="evaluate the embedded CPU model")
-    evaluate.add_argument("--verbose", "-v", action="store_true", help="log every turn")
+    run.set_defaults(handler=_run)
 
     view = commands.add_parser("view", help="write a self-contained HTML view of a result or results dir")
     view.add_argument("path", type=Path, help="a Result JSON (rlm run --json) or an rlm eval --out directory")
     view.add_argument("--out", type=Path, help="the HTML file (or directory, for results) to write")
+    view.set_defaults(handler=_view)
 
     sandbox = commands.add_parser("sandbox", help="manage the Docker sandbox image and containers")
     sandbox_commands = sandbox.add_subparsers(dest="action", required=True)
@@ -73,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--force", action="store_true", help="rebuild even if the image exists")
     sandbox_commands.add_parser("prune", help="remove every leftover rlm container, and the files of "
                                 "sandboxes whose controller died")
+    sandbox.set_defaults(handler=_sandbox)
 
     serve = commands.add_parser("serve", help="run a model server until interrupted")
     which = serve.add_mutually_exclusive_group(required=True)
@@ -88,12 +93,21 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-logprobs", type=int, help="for RL: logprobs per token the server may return")
     serve.add_argument("--n-ctx", type=int, default=8192, help="context length of the tiny model")
     serve.add_argument("--verbose", "-v", action="store_true", help="stream the server's log")
+    serve.set_defaults(handler=_serve)
+
+    for plugin in entry_points(group="rlm.commands"):
+        plugin.load()(commands)  # adds its parser, with `handler` among its defaults
     return parser
 
 
+def tiny_server(port: int = 0, n_ctx: int = 8192) -> LlamaCppServer:
+    """The embedded CPU model's server, for `--tiny`."""
+    return LlamaCppServer(port=port, n_ctx=n_ctx)
+
+
 def _server(args: argparse.Namespace) -> ManagedServer:
-    if args.command == "run" or args.tiny:
-        return LlamaCppServer(port=getattr(args, "port", 0), n_ctx=getattr(args, "n_ctx", 8192))
+    if args.tiny:
+        return tiny_server(args.port, args.n_ctx)
     return VLLMServer(
         model=args.vllm, port=args.port, served_model_name=args.served_model_name,
         max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
@@ -113,25 +127,19 @@ def _serve(args: argparse.Namespace) -> int:
     with server:
         print(f"serving {server.model_name} at {server.base_url}" + (" (reused)" if server.reused else ""), flush=True)
         print(f"  RLM_BASE_URL={server.base_url} RLM_MODEL={server.model_name}", flush=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             while server.reused or server.running:
                 time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
     return 0
 
 
 async def _run(args: argparse.Namespace) -> int:
-    settings = {
-        "sandbox": args.sandbox, "code_format": args.code_format, "max_turns": args.max_turns,
-        "max_depth": args.max_depth, "timeout": args.timeout,
-    }
-    for name in ("model", "base_url", "sub_model"):
-        if getattr(args, name):
-            settings[name] = getattr(args, name)
+    if args.data is not None and not args.data.exists():
+        raise _UsageError(f"--data {args.data}: no such file")
+    settings = config_settings(args, RUN_SETTINGS)
     with contextlib.ExitStack() as stack:
         if args.tiny:
-            server = stack.enter_context(_server(args))
+            server = stack.enter_context(tiny_server())
             settings.update(model=server.model_name, base_url=server.base_url, max_tokens=512)
         config = RLMConfig(**settings)
         # A file is mounted read-only and read inside the sandbox: it never passes through us.
@@ -139,67 +147,26 @@ async def _run(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(result.model_dump_json(indent=2))
     print(result.answer)
-    print(result.summary(), file=sys.stderr)
+    stderr.print(result.summary(), markup=False, highlight=False)
     if result.error:
-        print(f"error: {result.error}", file=sys.stderr)
+        stderr.print(f"error: {result.error}", markup=False, highlight=False)
     return 0 if result.status == "ready" else 1
 
 
-async def _eval(args: argparse.Namespace) -> int:
-    import environments
+def _view(args: argparse.Namespace) -> int:
+    from .viewer import write_view
 
-    settings: dict[str, Any] = {"sandbox": args.sandbox, "max_turns": args.max_turns}
-    if args.sub_model:
-        settings["sub_model"] = args.sub_model
-    if args.max_tokens:
-        settings["max_tokens"] = args.max_tokens
-    model = args.model or os.environ.get("RLM_MODEL")
-    base_url = args.base_url or os.environ.get("RLM_BASE_URL")
-    with contextlib.ExitStack() as stack:
-        if args.tiny:
-            server = stack.enter_context(_server(args))
-            model, base_url = server.model_name, server.base_url
-            settings.setdefault("max_tokens", 512)
-        if not model:
-            raise ConfigError("no model given: pass --model or set RLM_MODEL")
-        summary = await environments.evaluate(
-            _environments(args.environments, args.option), model=model, base_url=base_url,
-            modes=args.mode.split(","), n=args.n,
-            seed=args.seed, concurrency=args.concurrency, out=args.out, **settings,
-        )
-    print(summary.table())
-    print(f"results: {summary.results_path}")
+    try:
+        print(write_view(args.path, args.out))
+    except (OSError, ValueError) as exc:
+        raise _UsageError(str(exc)) from exc
     return 0
 
 
-def _environments(names: list[str], options: list[str]) -> list[Any]:
-    """Environment instances built with the `--option ENV.KEY=VALUE` settings (values read as
-    JSON where they parse, else as text)."""
-    from environments.harness import environment_class
-
-    settings: dict[str, dict[str, Any]] = {}
-    for option in options:
-        target, has_value, value = option.partition("=")
-        name, _, key = target.partition(".")
-        if not (has_value and key and name in names):
-            raise ConfigError(f"--option {option!r}: expected ENV.KEY=VALUE for one of {', '.join(names)}")
-        try:
-            settings.setdefault(name, {})[key] = json.loads(value)
-        except ValueError:
-            settings[name][key] = value
-    built = []
-    for name in names:
-        try:
-            built.append(environment_class(name)(**settings.get(name, {})))
-        except TypeError as exc:
-            raise ConfigError(f"--option for {name}: {exc}") from None
-    return built
-
-
 def _sandbox(args: argparse.Namespace) -> int:
+    from sandbox import reap_orphans
     from sandbox.docker import docker_client, prune
     from sandbox.image import build_image
-    from sandbox import reap_orphans
 
     client = docker_client()
     if args.action == "build":
@@ -211,37 +178,27 @@ def _sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+class _UsageError(RLMError):
+    """A command-line mistake: exit status 2."""
+
+
+def _logging(verbose: bool) -> None:
+    handler = RichHandler(console=stderr, show_time=False, show_path=False, show_level=False, markup=False)
     logger = logging.getLogger("rlm")
     logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING)
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
     for name in ("rlm.serve", "rlm.sandbox"):
-        logging.getLogger(name).setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
-    if args.command == "view":
-        from .viewer import write_view
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
 
-        try:
-            print(write_view(args.path, args.out))
-        except (OSError, ValueError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        return 0
-    if args.command in ("serve", "sandbox"):
-        try:
-            return _serve(args) if args.command == "serve" else _sandbox(args)
-        except (RLMError, SandboxError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    if args.command == "run" and args.data is not None and not args.data.exists():
-        print(f"error: --data {args.data}: no such file", file=sys.stderr)
-        return 2
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _logging(getattr(args, "verbose", False))
     try:
-        return asyncio.run(_run(args) if args.command == "run" else _eval(args))
-    except (RLMError, ValidationError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        status = args.handler(args)
+        return int(asyncio.run(status) if asyncio.iscoroutine(status) else status)
+    except RLMError as exc:  # sandbox errors too: they are registered as RLMError
+        stderr.print(f"error: {exc}", markup=False, highlight=False)
         return 2
 
 

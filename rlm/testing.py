@@ -1,7 +1,13 @@
-"""A scripted OpenAI-compatible server: a real HTTP server on loopback that replays planned
-root replies and answers sub-calls by rule, recording every request and the peak in flight.
+"""Test your RLM programs offline: a scripted OpenAI-compatible server on loopback that replays
+planned root replies and answers sub-calls by rule, recording every request and the peak in flight.
 
-It stands in for a capable model in tests and benchmarks; it is a fixture, never the product.
+    from rlm.testing import ScriptedServer, fenced
+    with ScriptedServer([fenced("answer['content'] = str(len(context))", "answer['ready'] = True")]) as server:
+        assert rlm.run("How long?", "abc", model="scripted", base_url=server.base_url).answer == "3"
+
+A real HTTP server, so the run under test goes through the `openai` client exactly as in
+production; it stands in for a model in tests and benchmarks, never in the product. Standard
+library only: `ServerProcess` runs it in a process of its own, even under another interpreter.
 """
 
 from __future__ import annotations
@@ -14,7 +20,6 @@ import time
 import uuid
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 #: A reply: assistant text, or a dict with any of content / tool_calls / status / error / usage.
@@ -197,14 +202,14 @@ class ServerProcess:
 
     def __init__(self, root: list[Reply], *, sub_latency: float = 0.0, root_marker: str = ROOT_MARKER,
                  python: str = sys.executable) -> None:
-        self.command = [python, "-m", "tests.scripted_server", json.dumps(root), "--sub-latency", str(sub_latency),
+        # Run as a file in isolated mode: the rlm package (and its dependencies) is not imported.
+        self.command = [python, "-I", __file__, json.dumps(root), "--sub-latency", str(sub_latency),
                         "--root-marker", root_marker]
         self.base_url = ""
         self.pid = 0
 
     def __enter__(self) -> ServerProcess:
-        self._process = subprocess.Popen(self.command, cwd=Path(__file__).parents[1], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, text=True)
+        self._process = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.base_url, self.pid = self._process.stdout.readline().strip(), self._process.pid
         return self
 
@@ -214,7 +219,7 @@ class ServerProcess:
 
 
 def main() -> None:
-    """`python -m tests.scripted_server ROOT_JSON [--sub-latency S] [--root-marker TEXT]`: what
+    """`python rlm/testing.py ROOT_JSON [--sub-latency S] [--root-marker TEXT]`: what
     `ServerProcess` runs."""
     import argparse
 

@@ -12,25 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import BaseModel, Field
 
-from .controller import Controller
 from .config import RLMConfig
 from .errors import RLMError
+from .tasks import EnvironmentLike, TaskLike, run_task
 from .trajectory import Result
-
-
-class Scored(Protocol):
-    """What a rollout needs of an environment (environments.Environment fits)."""
-
-    tips: str
-
-    async def ascore(self, task: Any, answer: str) -> Any: ...
-
-    def sub_tools(self, task: Any) -> list[Callable[..., Any]]: ...
 
 
 class Sample(BaseModel):
@@ -79,25 +68,24 @@ def to_samples(result: Result) -> list[Sample]:
 
 
 async def rollout(
-    env: Scored, task: Any, *, model: str, base_url: str | None = None, seed: int | None = None,
+    env: EnvironmentLike, task: TaskLike, *, model: str, base_url: str | None = None, seed: int | None = None,
     tips: bool = False, include_sub_calls: bool = False, **settings: Any,
 ) -> TrainingRollout:
     """One RLM rollout of `task`, scored by `env`, as training data."""
     extra_body = {"return_token_ids": True, **settings.pop("extra_body", {})}
     if seed is not None:
         extra_body["seed"] = seed
-    config = RLMConfig(model=model, base_url=base_url, logprobs=True, extra_body=extra_body,
-                       tips=env.tips if tips else None, sub_tools=env.sub_tools(task), **settings)
-    result = await Controller(config).run(task.prompt, task.data)
-    score = await env.ascore(task, result.answer)
+    config = RLMConfig(model=model, base_url=base_url, logprobs=True, extra_body=extra_body, **settings)
+    run = await run_task(env, task, "rlm+tips" if tips else "rlm", config)
+    result = run.result
     samples = to_samples(result)
     if not include_sub_calls:  # sub-LLM trajectories are off by default, as in verifiers
         result = result.model_copy(update={"sub_calls": []})
-    return TrainingRollout(task_id=task.id, seed=seed, reward=score.reward, metrics=score.metrics,
+    return TrainingRollout(task_id=task.id, seed=seed, reward=run.reward, metrics=run.metrics,
                            samples=samples, result=result)
 
 
-async def rollout_group(env: Scored, task: Any, n: int, *, seed: int = 0, **kwargs: Any) -> list[TrainingRollout]:
+async def rollout_group(env: EnvironmentLike, task: TaskLike, n: int, *, seed: int = 0, **kwargs: Any) -> list[TrainingRollout]:
     """`n` rollouts of one task (seeds seed..seed+n-1) with advantages (reward - mean) / std."""
     group = await asyncio.gather(*(rollout(env, task, seed=seed + i, **kwargs) for i in range(n)))
     rewards = [r.reward for r in group]

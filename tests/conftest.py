@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import rlm
-from tests.scripted_server import ScriptedServer
+from rlm.testing import ScriptedServer
 
 #: Backends that must pass the sandbox conformance suite; the isolating ones also face the hostile suite.
 BACKENDS = ["local", "unsafe-local", "docker"]

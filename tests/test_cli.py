@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from rlm import Result
-from tests.scripted_server import fenced
+from rlm.testing import fenced
 
 
 def test_rlm_run_prints_answer_summary_and_writes_json(scripted, tmp_path):

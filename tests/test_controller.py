@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from rlm.testing import fenced, python_call
 from tests.conftest import ISOLATING, run_on
 from tests.controller_process import run_controller
-from tests.scripted_server import fenced, python_call
 
 MARKER = "NEEDLE-7f3a9c"
 

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from rlm import ConfigError
+from rlm.testing import fenced
 from tests.conftest import run_on
-from tests.scripted_server import fenced
 
 REPORT = fenced("print(type(context).__name__, len(context) if context is not None else None)",
                 "answer['ready'] = True")
@@ -69,7 +69,7 @@ def test_one_gigabyte_context_loads(tmp_path):
         "import asyncio, sys\n"
         "sys.path.insert(0, '.')\n"
         "from tests.conftest import run_on\n"
-        "from tests.scripted_server import ScriptedServer, fenced\n"
+        "from rlm.testing import ScriptedServer, fenced\n"
         "data = 'x' * (1 << 30) + 'END'\n"
         "with ScriptedServer([fenced('print(len(context), context[-3:])', \"answer['ready'] = True\")]) as s:\n"
         "    r = asyncio.run(run_on(s, data, exec_timeout=600, sandbox_options={'memory_limit': '6g'}))\n"

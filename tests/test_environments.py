@@ -12,8 +12,8 @@ import environments
 from environments import DeepDive, MathPython, NeedleInAHaystack, Oolong, Task, VerbatimCopy
 from environments.oolong import score_dnd, score_synth
 from rlm.models import ModelClient
+from rlm.testing import fenced
 from tests.oracles import oracle_code
-from tests.scripted_server import fenced
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

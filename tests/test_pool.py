@@ -7,9 +7,9 @@ import time
 
 import pytest
 
+from rlm.testing import fenced
 from sandbox import SandboxPool
 from tests.conftest import ISOLATING, run_on, sandbox_processes
-from tests.scripted_server import fenced
 
 pytestmark = pytest.mark.parametrize("backend", ISOLATING)
 

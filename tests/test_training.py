@@ -13,9 +13,9 @@ import pytest
 
 import rlm
 from environments import MathPython, NeedleInAHaystack
+from rlm.testing import fenced
 from rlm.trajectory import Result, Turn
 from tests.oracles import oracle_code
-from tests.scripted_server import fenced
 
 
 async def test_rollout_turns_merge_into_one_masked_sequence(scripted):

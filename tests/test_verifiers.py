@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from environments import ENVIRONMENTS, Task
+from rlm.testing import ScriptedServer, fenced
 from tests.conftest import sandbox_processes
 from tests.oracles import oracle_code
-from tests.scripted_server import ScriptedServer, fenced
 
 VF_EVAL = Path(sys.executable).parent / "vf-eval"
 #: Small instances of every environment (constructor options as `--env.taskset.options` takes them).

@@ -11,8 +11,8 @@ from pathlib import Path
 import environments
 from environments import NeedleInAHaystack
 from rlm import Result
+from rlm.testing import fenced
 from tests.conftest import run_on
-from tests.scripted_server import fenced
 
 HOSTILE = "<script>document.title='pwned'</script>"
 

@@ -3,7 +3,7 @@
     python driver.py LIBRARY KIND --server-python PY --repo DIR [--quick] [--isolated-network]
 
 Prints one JSON object: each measure's figures, or the error that stopped it. The scripted
-model server is ours (`tests/scripted_server.py`, started with PY from DIR), the same for every
+model server is ours (`rlm/testing.py`, started with PY from DIR), the same for every
 library, in a process of its own so it shares no interpreter lock with the library measured.
 """
 
@@ -53,7 +53,7 @@ def loopback_up() -> None:
 def _scripted_server(repo: str) -> Any:
     """Our scripted server's module, loaded by path: it needs only the standard library, and our
     repo stays off `sys.path`, where our `rlm` would shadow rlms'."""
-    spec = importlib.util.spec_from_file_location("scripted_server", Path(repo) / "tests" / "scripted_server.py")
+    spec = importlib.util.spec_from_file_location("scripted_server", Path(repo) / "rlm" / "testing.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -159,11 +159,10 @@ def measure_turns(adapter: Adapter, args: argparse.Namespace) -> dict[str, float
 def measure_context(adapter: Adapter, args: argparse.Namespace) -> dict[str, float]:
     size = 100 * 2**20
     context = ("hay " * (size // 4 + 1))[:size]
-    with server(args, [adapter.step("FINISH(len(context))")]) as model:
-        with peak_memory(skip={model.pid}) as peak:
-            started = time.perf_counter()
-            answer = adapter.run(model.base_url, "How long is the context?", context, turns=2)
-            seconds = time.perf_counter() - started
+    with server(args, [adapter.step("FINISH(len(context))")]) as model, peak_memory(skip={model.pid}) as peak:
+        started = time.perf_counter()
+        answer = adapter.run(model.base_url, "How long is the context?", context, turns=2)
+        seconds = time.perf_counter() - started
     assert answer == str(size), answer[:200]
     return {"seconds": seconds, "peak_rss_mb": peak["bytes"] / 2**20}
 
