@@ -16,7 +16,7 @@ import rlm
 from environments import NeedleInAHaystack
 from tests.conftest import run_on
 from tests.oracles import oracle_code
-from tests.scripted_server import ScriptedServer, fenced
+from tests.scripted_server import fenced
 
 FINISH = fenced("answer.update(content=str(len(context)), ready=True)")
 
@@ -155,6 +155,7 @@ class DroppingListener:
             connection.close()
 
     def close(self) -> None:
+        self._socket.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept (a close alone does not)
         self._socket.close()
         self._thread.join(timeout=5)
 

@@ -44,7 +44,7 @@ answer['ready'] = True
 
 def rlm_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "rlm.cli", *args], capture_output=True, text=True, timeout=600,
-                          env=env)
+                          env=env, check=False)
 
 
 def capabilities(mask_hex: str) -> set[int]:
@@ -108,7 +108,8 @@ def test_sandbox_prune_removes_a_leftover_rlm_container():
                                      labels={RLM_LABEL: "1", key: value})
     try:
         with LabelledEngineView(view_label) as view:
-            seen = docker.DockerClient(base_url=view.docker_host).containers.list(all=True, filters={"label": RLM_LABEL})
+            through_view = docker.DockerClient(base_url=view.docker_host)
+            seen = through_view.containers.list(all=True, filters={"label": RLM_LABEL})
             assert [c.id for c in seen] == [leftover.id]  # prune will see ours only, no other run's
             pruned = rlm_cli("sandbox", "prune", env={**os.environ, "DOCKER_HOST": view.docker_host})
         assert pruned.returncode == 0, pruned.stderr
