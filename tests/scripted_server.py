@@ -49,6 +49,10 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 1024  # the default backlog of 5 drops bursts of concurrent sub-calls
     daemon_threads = True
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that timed out and left is expected
+            super().handle_error(request, client_address)
+
 
 class ScriptedServer:
     def __init__(
