@@ -1,5 +1,6 @@
 """Test your RLM programs offline: a scripted OpenAI-compatible server on loopback that replays
-planned root replies and answers sub-calls by rule, recording every request and the peak in flight.
+planned root replies and answers sub-calls by rule, recording every request (body and headers)
+and the peak of sub-calls in flight.
 
     from rlm.testing import ScriptedServer, fenced
     with ScriptedServer([fenced("answer['content'] = str(len(context))", "answer['ready'] = True")]) as server:
@@ -53,6 +54,10 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 1024  # the default backlog of 5 drops bursts of concurrent sub-calls
     daemon_threads = True
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that timed out and left is expected
+            super().handle_error(request, client_address)
+
 
 class ScriptedServer:
     def __init__(
@@ -63,9 +68,14 @@ class ScriptedServer:
         sub_latency: float = 0.0,
         root_latency: float = 0.0,
         root_marker: str = ROOT_MARKER,
+        hold_until_in_flight: int = 0,
+        hold_timeout: float = 120.0,
     ) -> None:
         """`root_marker`: text of the root model's system prompt that tells root requests from
-        sub-calls (another library's prompt needs its own)."""
+        sub-calls (another library's prompt needs its own). `hold_until_in_flight`: sub-call
+        replies wait until that many sub-calls are in flight at once (then never again), so a
+        test sees a concurrency level however slow the machine; past `hold_timeout` seconds they
+        fail with a status 500 that says how many arrived."""
         self._root_queue = list(root) if not callable(root) else None
         self._root_fn = root if callable(root) else None
         self._sub = sub
@@ -74,9 +84,13 @@ class ScriptedServer:
         self.root_marker = root_marker
         self.requests: list[dict[str, Any]] = []
         self.bodies: list[bytes] = []
+        self.headers: list[dict[str, str]] = []  # per POST, names lower-cased
         self.in_flight = 0
         self.peak_in_flight = 0
+        self.hold_until_in_flight = hold_until_in_flight
+        self.hold_timeout = hold_timeout
         self._lock = threading.Lock()
+        self._in_flight_changed = threading.Condition(self._lock)
         self._httpd = _Server(("127.0.0.1", 0), self._handler_class())
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
@@ -116,14 +130,25 @@ class ScriptedServer:
             if not root:
                 self.in_flight += 1
                 self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+                self._in_flight_changed.notify_all()
         try:
-            time.sleep(self.root_latency if root else self.sub_latency)
-            reply = self._next_root(request) if root else self._sub(request)
+            if not root and not self._hold():
+                reply: Reply = {"status": 500, "error": f"scripted server: only {self.peak_in_flight} of "
+                                f"{self.hold_until_in_flight} sub-calls were in flight within {self.hold_timeout:g}s"}
+            else:
+                time.sleep(self.root_latency if root else self.sub_latency)
+                reply = self._next_root(request) if root else self._sub(request)
         finally:
             if not root:
                 with self._lock:
                     self.in_flight -= 1
         return _completion(request, reply)
+
+    def _hold(self) -> bool:
+        """Wait until `hold_until_in_flight` sub-calls were in flight at once; False on timeout."""
+        with self._lock:
+            return self._in_flight_changed.wait_for(lambda: self.peak_in_flight >= self.hold_until_in_flight,
+                                                    timeout=self.hold_timeout)
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -139,6 +164,7 @@ class ScriptedServer:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with server._lock:
                     server.bodies.append(body)
+                    server.headers.append({k.lower(): v for k, v in self.headers.items()})
                 status, payload = server.respond(json.loads(body))
                 self._send(status, payload)
 

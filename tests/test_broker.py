@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
+import threading
 
 import pytest
 
@@ -12,24 +12,28 @@ from tests.conftest import ISOLATING, run_on
 
 
 async def test_32_prompts_run_concurrently_and_return_in_order(scripted):
+    # Replies wait until all 32 are in flight: a broker that sent fewer at a time would time out
+    # there, with a reply that says so, however slow the machine.
     server = scripted(
         [fenced("r = llm_batch([f'p{i}' for i in range(32)]); print(r == [f'echo: p{i}' for i in range(32)])"),
          fenced("answer['ready'] = True")],
-        sub_latency=0.5,
+        hold_until_in_flight=32,
     )
     result = await run_on(server, "data", max_sub_concurrency=32)
+    assert server.peak_in_flight == 32, [c.error for c in result.sub_calls if c.error][:1]
     assert result.turns[0].output.strip() == "True"
-    assert server.peak_in_flight >= 32
     assert [c.prompt for c in result.sub_calls] == [f"p{i}" for i in range(32)]
     assert result.usage.sub.calls == 32
 
 
 async def test_concurrency_limit_is_respected(scripted):
+    # The first replies wait until 4 are in flight, so the limit is reached however slow the machine.
     server = scripted(
-        [fenced("llm_batch([str(i) for i in range(12)])"), fenced("answer['ready'] = True")], sub_latency=0.2
+        [fenced("llm_batch([str(i) for i in range(12)])"), fenced("answer['ready'] = True")], hold_until_in_flight=4
     )
-    await run_on(server, "data", max_sub_concurrency=4)
-    assert server.peak_in_flight == 4
+    result = await run_on(server, "data", max_sub_concurrency=4)
+    assert server.peak_in_flight == 4 and len(server.sub_requests) == 12
+    assert not any(c.error for c in result.sub_calls)
 
 
 async def test_a_failing_prompt_yields_an_error_in_its_slot(scripted):
@@ -135,16 +139,23 @@ async def test_transient_server_errors_are_retried(scripted):
 
 
 async def test_slow_sub_call_times_out_into_its_slot(scripted):
+    # The slow reply never comes while the run lasts, and the fast one has the whole timeout:
+    # neither outcome depends on the machine's speed.
+    released = threading.Event()
+
     def sub(request):
         prompt = request["messages"][-1]["content"]
         if prompt == "slow":
-            time.sleep(3)
+            released.wait(timeout=120)
         return f"ok {prompt}"
 
     server = scripted([fenced("print(llm_batch(['slow', 'fast']))"), fenced("answer['ready'] = True")], sub=sub)
-    result = await run_on(server, "data", request_timeout=1)
+    try:
+        result = await run_on(server, "data", request_timeout=3)
+    finally:
+        released.set()
     slots = eval(result.turns[0].output.strip())
-    assert slots[1] == "ok fast" and slots[0].startswith("[error]")
+    assert slots[1] == "ok fast" and slots[0].startswith("[error]") and "Timeout" in slots[0]
     assert result.status == "ready"
 
 

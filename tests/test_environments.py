@@ -216,10 +216,12 @@ async def test_llm_mode_records_a_context_overflow(scripted, tmp_path):
 
 async def test_concurrency_is_respected(scripted, tmp_path):
     env = NeedleInAHaystack(length=1000)
-    server = scripted([], sub=lambda r: "0", sub_latency=0.3)
-    await environments.evaluate([env], model="m", base_url=server.base_url, modes=["llm"], n=12, concurrency=3,
-                                out=tmp_path, progress=False, max_retries=0)
+    # The first replies wait until 3 are in flight, so the limit is reached however slow the machine.
+    server = scripted([], sub=lambda r: "0", hold_until_in_flight=3)
+    summary = await environments.evaluate([env], model="m", base_url=server.base_url, modes=["llm"], n=12,
+                                          concurrency=3, out=tmp_path, progress=False, max_retries=0)
     assert server.peak_in_flight == 3 and len(server.requests) == 12
+    assert summary.rows[0].failures == 0
 
 
 async def test_resume_runs_only_what_is_missing(scripted, tmp_path):
