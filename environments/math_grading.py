@@ -10,9 +10,12 @@ parse(f"\\boxed{{{response}}}"))`, any failure scoring 0.
 from __future__ import annotations
 
 import atexit
-import multiprocessing
+import json
+import os
+import select
+import subprocess
+import sys
 import threading
-from multiprocessing.pool import Pool
 from typing import NamedTuple
 
 #: Longer responses score 0 unparsed, as in the reference rubric (its MAX_VERIFY_CHARS).
@@ -28,7 +31,7 @@ class Grade(NamedTuple):
     parsed: bool  # math-verify read something from the response
 
 
-def _grade_in_worker(gold: str, response: str) -> Grade:
+def _grade_here(gold: str, response: str) -> Grade:
     # math-verify interrupts slow parses with SIGALRM, which only works in a main thread: the
     # worker's. In the caller's process (often a thread of an event loop) it would fail or hang.
     from math_verify import parse, verify
@@ -42,29 +45,44 @@ def _grade_in_worker(gold: str, response: str) -> Grade:
 
 
 class _Worker:
-    """One spawned process, shared, replaced when a grading outlives HARD_TIMEOUT."""
+    """A child Python running this file, shared and replaced when a grading outlives HARD_TIMEOUT.
+    A plain subprocess, not multiprocessing: spawn would re-run the caller's unguarded __main__.
+    One grading at a time: the child serves one anyway, so the timeout measures that grading."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pool: Pool | None = None
+        self._process: subprocess.Popen[str] | None = None
+
+    def _start(self) -> subprocess.Popen[str]:
+        # -P: the script's folder (environments/) must not shadow top-level modules in the child.
+        process = subprocess.Popen([sys.executable, "-P", __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL, text=True,
+                                   env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, sys.path))})
+        atexit.register(process.kill)
+        return process
+
+    def _stop(self, process: subprocess.Popen[str]) -> None:
+        atexit.unregister(process.kill)
+        process.kill()
+        process.wait()
+        self._process = None
 
     def grade(self, gold: str, response: str) -> Grade:
         with self._lock:
-            if self._pool is None:
-                # spawn, not fork: forking a process that runs threads (event loop, ZMQ) can deadlock.
-                self._pool = multiprocessing.get_context("spawn").Pool(processes=1)
-                atexit.register(self._pool.terminate)  # a pool left to __del__ at exit logs an error
-            pool = self._pool
-        pending = pool.apply_async(_grade_in_worker, (gold, response))
-        try:
-            return pending.get(timeout=HARD_TIMEOUT)
-        except multiprocessing.TimeoutError:
-            with self._lock:
-                if self._pool is pool:
-                    self._pool = None
-            pool.terminate()
-            atexit.unregister(pool.terminate)
-            return Grade(False, False)
+            process = self._process = self._process or self._start()
+            assert process.stdin is not None and process.stdout is not None
+            try:
+                process.stdin.write(json.dumps([gold, response]) + "\n")
+                process.stdin.flush()
+            except BrokenPipeError:
+                self._stop(process)
+                return Grade(False, False)
+            ready, _, _ = select.select([process.stdout], [], [], HARD_TIMEOUT)
+            reply = process.stdout.readline() if ready else ""
+            if not reply:  # stuck past the hard timeout, or dead
+                self._stop(process)
+                return Grade(False, False)
+            return Grade(*json.loads(reply))
 
 
 _worker = _Worker()
@@ -76,3 +94,17 @@ def grade(gold: str, response: str) -> Grade:
         return Grade(False, False)
     return _worker.grade(gold, response)
 
+
+def _serve() -> None:
+    """The child's loop: a JSON [gold, response] a line in, a JSON [correct, parsed] a line out."""
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # whatever else prints goes to stderr, never into the replies
+    import math_verify  # noqa: F401 - loaded once, before the first grading's clock starts
+
+    for line in sys.stdin:
+        replies.write(json.dumps(_grade_here(*json.loads(line))) + "\n")
+        replies.flush()
+
+
+if __name__ == "__main__":
+    _serve()

@@ -19,7 +19,7 @@ from .math_grading import grade
 _SAFE_NAMES = {"sqrt", "pi", "E", "I", "oo", "log", "exp", "sin", "cos", "tan", "Rational", "x"}
 _SAFE_CHARS = re.compile(r"^[\w\s+\-*/^().]*$")
 _FRAC = re.compile(r"\\d?frac\{([^{}]*)\}\{([^{}]*)\}")
-_THOUSANDS = re.compile(r"(?<![\d.])(\d{1,3}(?:,\d{3})+)(?![\d.])")
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")  # a whole answer like 1,000
 
 BOXED_INSTRUCTION = "Put the final answer in \\boxed{}."
 Grader = Literal["math_verify", "sympy"]
@@ -49,7 +49,8 @@ def parse_answer(candidate: str) -> sympy.Expr | None:
     flat \\frac, no tuples, sets or intervals: those need math-verify."""
     candidate = candidate.strip().splitlines()[-1] if candidate.strip() else ""
     candidate = _FRAC.sub(r"(\1)/(\2)", re.split(r"[=:]", candidate)[-1].strip().rstrip("."))
-    candidate = _THOUSANDS.sub(lambda m: m.group(1).replace(",", ""), candidate)  # 1,000 but not (3,1)
+    if _THOUSANDS.fullmatch(candidate):  # 1,000 is a number; (3,100) stays a tuple, never equal to one
+        candidate = candidate.replace(",", "")
     candidate = candidate.replace("{", "(").replace("}", ")").replace("\\", "")
     if not candidate or len(candidate) > 200 or not _SAFE_CHARS.match(candidate):
         return None

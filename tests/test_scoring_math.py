@@ -128,6 +128,7 @@ def test_sympy_fallback_reads_plain_answers_only():
     task = Task(id="t", prompt="?", expected="7/3")
     assert [env.score(task, a).reward for a in ("7/3", r"\boxed{\frac{7}{3}}", "14/6", "2.33333333333")] == [1.0] * 4
     assert env.score(Task(id="t", prompt="?", expected="(3, 1)"), "31").reward == 0.0  # commas are kept
+    assert env.score(Task(id="t", prompt="?", expected="3100"), "(3,100)").reward == 0.0
     assert env.score(Task(id="t", prompt="?", expected="1000"), "1,000").reward == 1.0  # thousands separator
     # Documented limit: nested LaTeX needs math-verify.
     assert env.score(Task(id="t", prompt="?", expected=r"\frac{\sqrt{3}}{2}"), r"\frac{\sqrt{3}}{2}").reward == 0.0
