@@ -115,7 +115,7 @@ class MathPython(Environment):
         if grader not in ("math_verify", "sympy"):
             raise ValueError(f"grader must be 'math_verify' or 'sympy', not {grader!r}")
         if grader == "math_verify" and importlib.util.find_spec("math_verify") is None:
-            raise ImportError("math_python grades with math-verify: pip install 'math-verify[antlr4_13_2]', "
+            raise ImportError("math_python grades with math-verify: pip install math-verify, "
                               "or choose the offline fallback with MathPython(grader='sympy')")
         self.grader = grader
 
