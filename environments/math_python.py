@@ -136,8 +136,8 @@ class MathPython(Environment):
             if not question or gold is None:
                 raise ValueError(f"{path}, row {i}: a math row needs `problem` or `question`, and `answer` "
                                  "or a `solution` with a \\boxed{} answer")
-            tasks.append(Task(id=str(row.get("id", row.get("unique_id", i))), prompt=f"{question}\n\n{BOXED_INSTRUCTION}",
-                              expected=gold))
+            tasks.append(Task(id=str(row.get("id", row.get("unique_id", i))),
+                              prompt=f"{question}\n\n{BOXED_INSTRUCTION}", expected=gold))
         return tasks
 
     def score(self, task: Task, answer: str) -> Score:

@@ -56,7 +56,8 @@ async def test_judge_gets_deepdives_prompt_and_its_reply_decides(scripted):
     assert empty.reward == 0.0 and len(server.requests) == 3  # no judge call for an empty response
     prompt = server.requests[0]["messages"][-1]["content"]
     assert prompt.startswith("You are judging a DeepDive deep-search agent answer.")
-    assert f"Question:\n{TASK.prompt}\n\nReference answer:\nArden Works\n\nAgent response:\nThe firm is Arden Works.\n" in prompt
+    assert (f"Question:\n{TASK.prompt}\n\nReference answer:\nArden Works\n\n"
+            "Agent response:\nThe firm is Arden Works.\n") in prompt
     assert "Return exactly:\nCorrect: yes/no\nExtracted final answer: <short answer>\nReason: <one sentence>" in prompt
 
 

@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 from math_verify import parse, verify
 
-from environments import MathPython, Task
-from environments import math_grading
+from environments import MathPython, Task, math_grading
 from environments.math_python import final_answer
 
 # (gold, final answer, what the reference scorer gives): the LaTeX answers of the issue.
@@ -88,12 +87,13 @@ def test_loader_reads_each_published_row_shape(tmp_path):
         {"question": "AIME-style row with an integer answer", "answer": 204},
     ]
     tasks = MathPython().load(write_rows(tmp_path, rows))
-    assert [t.expected for t in tasks] == [r"\left( 3, \frac{\pi}{2} \right)", r"\frac{\sqrt{3}}{2}", "72", "28", "204"]
+    assert [t.expected for t in tasks] == [
+        r"\left( 3, \frac{\pi}{2} \right)", r"\frac{\sqrt{3}}{2}", "72", "28", "204"]
     assert tasks[0].id == "test/precalculus/807.json" and tasks[2].id == "2"
     assert tasks[1].prompt.startswith(r"What is $\cos 30^\circ$?") and tasks[1].prompt.endswith(r"\boxed{}.")
     env = MathPython()
-    assert [env.score(t, reply).reward for t, reply in zip(tasks, [
-        r"\boxed{(3, \frac{\pi}{2})}", r"\boxed{\frac{\sqrt{3}}{2}}", r"\boxed{72}", "28", r"\boxed{204}"])] == [1.0] * 5
+    replies = [r"\boxed{(3, \frac{\pi}{2})}", r"\boxed{\frac{\sqrt{3}}{2}}", r"\boxed{72}", "28", r"\boxed{204}"]
+    assert [env.score(t, reply).reward for t, reply in zip(tasks, replies)] == [1.0] * 5
 
 
 def test_loader_refuses_a_row_without_a_gold(tmp_path):

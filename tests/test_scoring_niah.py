@@ -29,17 +29,21 @@ SINGLE_HAYSTACK = "Paul Graham wrote essays. One of the special magic numbers fo
 SINGLE_QUESTION = "What is the special magic number for quiet-lake mentioned in the provided text?"
 SINGLE_INPUT = ("A special magic number is hidden within the following text. Make sure to memorize it. "
                 f"I will quiz you about the number afterwards.\n{SINGLE_HAYSTACK}\n{SINGLE_QUESTION}")
-LLAMA3 = "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+LLAMA3 = ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{}"
+          "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+
+MULTI_PREFIX = " The special magic numbers for wandering-hop mentioned in the provided text are"
+SINGLE_PREFIX = " The special magic number for quiet-lake mentioned in the provided text is"
 
 ROWS = [  # index is the needle's character offset in the current generator: two rows share 171
     {"index": 171, "input": MULTI_INPUT, "outputs": ["4519763", "8830127"], "length": 4096,
-     "length_w_model_temp": 4096, "answer_prefix": " The special magic numbers for wandering-hop mentioned in the provided text are",
+     "length_w_model_temp": 4096, "answer_prefix": MULTI_PREFIX,
      "token_position_answer": 40},
     {"index": 171, "input": LLAMA3.format(SINGLE_INPUT), "outputs": ["2240961"], "length": 4096,
-     "length_w_model_temp": 4121, "answer_prefix": " The special magic number for quiet-lake mentioned in the provided text is",
+     "length_w_model_temp": 4121, "answer_prefix": SINGLE_PREFIX,
      "token_position_answer": 45},
     {"index": 3, "input": " ".join(SINGLE_INPUT.split()), "outputs": ["2240961"], "length": 4096,
-     "length_w_model_temp": 4096, "answer_prefix": " The special magic number for quiet-lake mentioned in the provided text is",
+     "length_w_model_temp": 4096, "answer_prefix": SINGLE_PREFIX,
      "token_position_answer": 45},  # --remove_newline_tab
 ]
 
@@ -60,7 +64,8 @@ def ruler_string_match_all(preds: list[str], refs: list[list[str]]) -> float:
 ])
 def test_string_match_all_is_rulers(prediction, references, score):
     assert string_match_all(prediction, references) == pytest.approx(score)
-    assert round(string_match_all(prediction, references) * 100, 2) == ruler_string_match_all([prediction], [references])
+    ruler = ruler_string_match_all([prediction], [references])
+    assert round(string_match_all(prediction, references) * 100, 2) == ruler
 
 
 def load(tmp_path: Path, rows: list[dict]):

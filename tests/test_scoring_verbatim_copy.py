@@ -68,7 +68,8 @@ def test_content_shapes():
     assert csv[0] == "id,product,price,quantity,date"
     assert all(re.fullmatch(r"\d{4},[A-Z][a-z]+ [A-Z][a-z]+,\d+\.\d\d,\d+,\d{4}-\d\d-\d\d", row) for row in csv[1:6])
     codes = text("codes").splitlines()[:-1]  # the last line may be cut at the target length
-    uuid, dashed = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", r"[A-Z2-9]{4}-[A-Z2-9]{4}-[A-Z2-9]{4}"
+    uuid = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+    dashed = r"[A-Z2-9]{4}-[A-Z2-9]{4}-[A-Z2-9]{4}"
     assert all(re.fullmatch(uuid, c) or re.fullmatch(dashed, c) for c in codes)
     assert {bool(re.fullmatch(uuid, c)) for c in codes} == {True, False}  # both kinds, one a line
     assert len(text("words").split()) > 100 and all(w.isalpha() for w in text("words").split()[:-1])
