@@ -77,6 +77,37 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+_REASONING_OPEN = re.compile(r"<(?:think|thinking|reasoning)>", re.IGNORECASE)
+_REASONING_CLOSE = re.compile(r"</(?:think|thinking|reasoning)>", re.IGNORECASE)
+
+
+def strip_reasoning(text: str) -> str:
+    """The reply after its reasoning block: what follows the last closing tag (templates often drop
+    the opening one), or, when a block is never closed, what precedes it."""
+    closings = list(_REASONING_CLOSE.finditer(text))
+    if closings:
+        return text[closings[-1].end():].strip()
+    opening = _REASONING_OPEN.search(text)
+    return (text[: opening.start()] if opening else text).strip()
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last \\boxed{...}, braces balanced (so `\\frac{\\sqrt{3}}{2}` survives);
+    None when there is none or it is never closed."""
+    start = text.rfind("\\boxed{")
+    if start == -1:
+        return None
+    depth, begin = 0, start + len("\\boxed{")
+    for position in range(begin, len(text)):
+        if text[position] == "{":
+            depth += 1
+        elif text[position] == "}":
+            if depth == 0:
+                return text[begin:position]
+            depth -= 1
+    return None
+
+
 def normalize(text: str) -> str:
     """Lowercase, strip markdown and punctuation, collapse spaces: for lenient exact match."""
     text = re.sub(r"[*_`\"']", "", text.lower())

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from .base import Environment, Score, Task, normalize, read_records
+from .base import Environment, Score, Task, last_boxed, normalize, read_records, strip_reasoning
 
 _FIRST = ["Ada", "Bruno", "Celia", "Dario", "Elsa", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Kira", "Lior", "Mira", "Nils", "Oona", "Pavel", "Rosa", "Soren", "Tove", "Uma"]
 _LAST = ["Arden", "Blythe", "Castell", "Dunmore", "Everly", "Fairweather", "Grell", "Holt", "Ivers", "Jansky", "Kell", "Lorne", "Marrow", "Nyberg", "Oakes"]
@@ -155,11 +155,54 @@ def _questions(graph: dict[str, list[dict[str, Any]]], rng: random.Random) -> li
     return [q for q in out if founded[(unis[q[2][0]]["founded"], cities[unis[q[2][0]]["city"]]["country"])] == 1]
 
 
-JUDGE_PROMPT = """Judge whether the response answers the question with the correct answer.
-Question: {question}
-Correct answer: {expected}
-Response: {answer}
-Reply with exactly one word: yes or no."""
+# DeepDive's own judge prompt and verdict line, from its reward server (THUDM/DeepDive,
+# training/reward_server/launch_server.py): the judge answers "Correct: yes/no".
+JUDGE_PROMPT = """You are judging a DeepDive deep-search agent answer.
+
+Question:
+{question}
+
+Reference answer:
+{answer}
+
+Agent response:
+{response}
+
+Decide whether the response answers the question correctly. Be strict about
+entity identity, dates, and numeric values, but accept equivalent wording.
+
+Return exactly:
+Correct: yes/no
+Extracted final answer: <short answer>
+Reason: <one sentence>
+"""
+
+_VERDICT_LINE = re.compile(r"\bcorrect\s*[:=]\s*(yes|no)\b", re.IGNORECASE)
+_BARE_VERDICT = re.compile(r"^(yes|no|correct|incorrect)\b", re.IGNORECASE)
+_ANSWER_LABEL = re.compile(r"(?:final answer|answer)\s*[:=]\s*(.+)", re.IGNORECASE)
+_MARKDOWN = re.compile(r"[*_`#>]")
+
+
+def judge_verdict(reply: str) -> bool | None:
+    """The judge's verdict, None when it gave none. Reasoning blocks and markdown are dropped; the
+    last "Correct: yes/no" line decides (DeepDive's format), else a reply opening with yes/no."""
+    text = _MARKDOWN.sub("", strip_reasoning(reply))
+    lines = _VERDICT_LINE.findall(text)
+    if lines:
+        return lines[-1].lower() == "yes"
+    bare = _BARE_VERDICT.match(text.strip())
+    return bare.group(1).lower() in ("yes", "correct") if bare else None
+
+
+def final_answer(reply: str) -> str:
+    """The answer a reply commits to: its last \\boxed{}, else what follows its last "Answer:"
+    label, else the whole reply (after any reasoning block)."""
+    reply = strip_reasoning(reply)
+    boxed = last_boxed(reply)
+    if boxed is not None:
+        return boxed
+    labelled = _ANSWER_LABEL.findall(_MARKDOWN.sub("", reply))
+    return labelled[-1] if labelled else reply
 
 
 class DeepDive(Environment):
@@ -171,7 +214,8 @@ class DeepDive(Environment):
     )
 
     def __init__(self, judge: Any | None = None, backend: SearchBackend | None = None) -> None:
-        """`judge`: a `rlm.models.ModelClient` that grades answers; None uses normalized match.
+        """`judge`: a `rlm.models.ModelClient` that grades answers with DeepDive's judge prompt;
+        None scores by normalized exact match of the committed answer.
         `backend`: search backend for loaded (online) tasks; generated tasks search their corpus."""
         self.judge = judge
         self.backend = backend
@@ -188,7 +232,8 @@ class DeepDive(Environment):
                 if len(tasks) == n:
                     break
                 tasks.append(Task(id=f"deepdive-{seed}-{len(tasks)}", prompt=question + " Answer with the name only.",
-                                  data=corpus, expected=answer, info={"hops": hops, "world": world}))
+                                  data=corpus, expected=answer,
+                                  info={"hops": hops, "world": world, "question": question}))
             world += 1
         return tasks
 
@@ -222,15 +267,21 @@ class DeepDive(Environment):
         return [search, open]
 
     def score(self, task: Task, answer: str) -> Score:
-        expected, given = normalize(str(task.expected)), normalize(answer)
-        exact = float(given == expected)
-        return Score(reward=float(exact or (bool(expected) and expected in given and len(given) < 3 * len(expected))),
-                     metrics={"exact": exact})
+        """Without a judge: the committed answer must equal the gold after normalization. Merely
+        containing it is not enough ("not Arden Works" contains "Arden Works")."""
+        gold = normalize(str(task.expected))
+        exact = float(bool(gold) and normalize(final_answer(answer)) == gold)
+        return Score(reward=exact, metrics={"exact": exact})
 
     async def ascore(self, task: Task, answer: str) -> Score:
+        exact = self.score(task, answer)
         if self.judge is None:
-            return self.score(task, answer)
+            return exact
+        if not answer.strip():  # as DeepDive's reward server: no response, no judge call
+            return Score(reward=0.0, metrics={**exact.metrics, "judge": 0.0, "judge_parsed": 1.0})
         reply = await self.judge.complete([{"role": "user", "content": JUDGE_PROMPT.format(
-            question=task.prompt, expected=task.expected, answer=answer)}])
-        verdict = float(reply.content.strip().lower().startswith("yes"))
-        return Score(reward=verdict, metrics={"exact": self.score(task, answer).metrics["exact"], "judge": verdict})
+            question=task.info.get("question", task.prompt), answer=task.expected, response=answer)}])
+        verdict = judge_verdict(reply.content)
+        judged = float(bool(verdict))
+        return Score(reward=judged, metrics={**exact.metrics, "judge": judged,
+                                             "judge_parsed": float(verdict is not None)})

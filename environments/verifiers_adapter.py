@@ -59,7 +59,9 @@ class RLMTask(vf.Task[RLMTaskData]):
 
     @vf.reward
     async def reward(self, trace: vf.Trace) -> float:
-        score = await self.environment.ascore(self.data.to_task(), trace.last_reply)
+        # root_reply as recorded: `last_reply` strips it, and a verbatim copy may begin with a newline.
+        answer = trace.root_reply if trace.root_reply is not None else trace.last_reply
+        score = await self.environment.ascore(self.data.to_task(), answer)
         trace.record_metrics(score.metrics)
         return score.reward
 

@@ -103,7 +103,7 @@ def test_niah_depth_and_multi_needle():
     env = NeedleInAHaystack()
     assert env.score(task, ", ".join(task.expected)).reward == 1.0
     partial = env.score(task, task.expected[0])
-    assert partial.reward == 0.0 and partial.metrics["recall"] == pytest.approx(1 / 3)
+    assert partial.reward == partial.metrics["recall"] == pytest.approx(1 / 3)  # RULER's partial credit
 
 
 def test_oolong_official_scoring():
@@ -162,7 +162,7 @@ def test_deepdive_search_tools_answer_the_hops():
 
 
 async def test_deepdive_judge_through_the_client(scripted):
-    server = scripted([], sub=lambda r: "yes" if "Arden Works" in r["messages"][-1]["content"].split("Response:")[1] else "no")
+    server = scripted([], sub=lambda r: "yes" if "Arden Works" in r["messages"][-1]["content"].split("Agent response:")[1] else "no")
     judge = ModelClient("judge", base_url=server.base_url, max_retries=0)
     env = DeepDive(judge=judge)
     task = Task(id="t", prompt="Which firm?", expected="Arden Works")

@@ -83,7 +83,7 @@ def test_vf_eval_runs_each_environment_on_our_runtime(scripted, tmp_path, enviro
 
 def test_wrong_program_scores_less(scripted, tmp_path):
     traces = vf_eval(scripted(oracle(wrong=True)), tmp_path)  # niah, one of two needles dropped
-    assert [(reward(t), t["metrics"]["recall"]) for t in traces] == [(0.0, 0.5), (0.0, 0.5)]
+    assert [(reward(t), t["metrics"]["recall"]) for t in traces] == [(0.5, 0.5), (0.5, 0.5)]  # RULER: partial credit
 
 
 SUB_PROGRAM = """
