@@ -166,13 +166,15 @@ class BrowseCompPlus(Environment):
         """`documents`: corpus size per task (the paper's 1K); `judge`: a `rlm.models.ModelClient`
         grading with the published prompt (None: strict exact match of the Exact Answer);
         `corpus`: BrowseComp-Plus corpus rows (`docid`, `text`) that `load` pads each task from."""
-        if documents < 20:
-            raise ValueError(f"browsecomp_plus needs at least 20 documents, got {documents}")
+        if documents < 1:
+            raise ValueError(f"browsecomp_plus needs documents >= 1, got {documents}")
         self.documents = documents
         self.judge = judge
         self.corpus = corpus
 
     def generate(self, n: int, seed: int = 0) -> list[Task]:
+        if self.documents < 20:
+            raise ValueError(f"generated browsecomp_plus worlds need at least 20 documents, got {self.documents}")
         tasks: list[Task] = []
         for index in range(n):
             rng = random.Random(f"browsecomp_plus-{seed}-{index}")
