@@ -117,11 +117,12 @@ def build_world(rng: random.Random, documents: int) -> tuple[list[dict[str, Any]
     people_count = max(2, (documents - cities) * 2 // 5)
     city_names = _names(rng, cities, 2)
     city_of = {c: (rng.choice(_RIVERS), rng.choice(_COUNTRIES)) for c in city_names}
-    firsts, lasts = _names(rng, people_count, 2), _names(rng, people_count, 3)
-    rng.shuffle(firsts)
-    brands = _names(rng, people_count, 2)
+    # Unique surnames and brands make people, companies and products unique; first names may repeat.
+    firsts = ["".join(rng.choices(_SYLLABLES, k=2)).capitalize() for _ in range(people_count)]
+    lasts, brands = _names(rng, people_count, 3), _names(rng, people_count, 3)
     rng.shuffle(brands)
-    products = rng.sample([f"{b} {t}" for b in _names(rng, people_count, 2) for t in _THINGS], people_count)
+    products = [f"{name} {rng.choice(_THINGS)}" for name in _names(rng, people_count, 3)]
+    rng.shuffle(products)
     ids = iter(str(d) for d in rng.sample(range(1000, 100_000), documents))
     corpus, people = [], []
     for city, (river, country) in city_of.items():
@@ -173,8 +174,8 @@ class BrowseCompPlus(Environment):
         self.corpus = corpus
 
     def generate(self, n: int, seed: int = 0) -> list[Task]:
-        if self.documents < 20:
-            raise ValueError(f"generated browsecomp_plus worlds need at least 20 documents, got {self.documents}")
+        if not 20 <= self.documents <= 20_000:
+            raise ValueError(f"generated browsecomp_plus worlds have 20 to 20000 documents, got {self.documents}")
         tasks: list[Task] = []
         for index in range(n):
             rng = random.Random(f"browsecomp_plus-{seed}-{index}")

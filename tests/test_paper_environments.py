@@ -16,18 +16,21 @@ from environments.codeqa import extract_choice
 from environments.oolong_pairs import QUERIES, pair_f1
 from environments.s_niah import PAPER_LENGTHS, string_match_all
 from rlm.models import ModelClient
+from tests import test_verifiers
 from tests.oracles import oracle_code
 from tests.scripted_server import fenced
 from tests.test_environments import oracle_server
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-SMALL = {
-    "oolong_pairs": lambda: OolongPairs(context_tokens=1500, labels=True),
-    "browsecomp_plus": lambda: BrowseCompPlus(documents=60),
-    "codeqa": lambda: CodeQA(files=8),
-    "s_niah": lambda: SingleNeedle(lengths=[500, 1000, 2000]),
+#: Small instances, as constructor options (the form `--option` and `--env.taskset.options` take).
+OPTIONS = {
+    "oolong_pairs": {"context_tokens": 1500, "labels": True},
+    "browsecomp_plus": {"documents": 60},
+    "codeqa": {"files": 8},
+    "s_niah": {"lengths": [500, 1000, 2000]},
 }
+SMALL = {name: (lambda name=name: environments.ENVIRONMENTS[name](**OPTIONS[name])) for name in OPTIONS}
 
 
 @pytest.mark.parametrize("name", list(SMALL))
@@ -48,6 +51,13 @@ async def test_oracle_scores_one_and_wrong_program_scores_less(scripted, tmp_pat
         else:
             assert rewards == [1.0, 1.0, 1.0], [r["answer"] for r in rollouts]
         assert summary.rows[0].reward_mean == pytest.approx(sum(rewards) / 3)
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_vf_eval_runs_each_paper_environment(scripted, tmp_path, monkeypatch, name):
+    monkeypatch.setitem(test_verifiers.OPTIONS, name, OPTIONS[name])
+    traces = test_verifiers.vf_eval(scripted(test_verifiers.oracle(name)), tmp_path, environment=name)
+    assert [test_verifiers.reward(trace) for trace in traces] == [1.0, 1.0]
 
 
 def test_oolong_pairs_rules_agree_with_the_papers_wording_for_all_twenty_queries():
