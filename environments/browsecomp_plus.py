@@ -49,9 +49,9 @@ correct: Answer 'yes' if extracted_final_answer matches the [correct_answer] giv
 confidence: The extracted confidence score between 0|\\%| and 100|\\%| from [response]. Put 100 if there is no confidence score available."""
 
 # evaluate_run.py `parse_judge_response`: the bold forms are tried before the plain one.
-_VERDICTS = (re.compile(r"\*\*correct:\*\*\s*(yes|no)", re.I), re.compile(r"\*\*correct\*\*:\s*(yes|no)", re.I),
-             re.compile(r"correct:\s*(yes|no)", re.I))
-_EXACT = re.compile(r"Exact Answer:\**\s*(.+)", re.I)
+_VERDICTS = tuple(re.compile(pattern, re.IGNORECASE) for pattern in (
+    r"\*\*correct:\*\*\s*(yes|no)", r"\*\*correct\*\*:\s*(yes|no)", r"correct:\s*(yes|no)"))
+_EXACT = re.compile(r"Exact Answer:\**\s*(.+)", re.IGNORECASE)
 _BRACKETS = re.compile(r"\[([^\[\]]*?)\]|【([^【】]*?)】")
 
 
@@ -124,9 +124,10 @@ def build_world(rng: random.Random, documents: int) -> tuple[list[dict[str, Any]
     products = [f"{name} {rng.choice(_THINGS)}" for name in _names(rng, people_count, 3)]
     rng.shuffle(products)
     ids = iter(str(d) for d in rng.sample(range(1000, 100_000), documents))
-    corpus, people = [], []
+    corpus, people, city_doc = [], [], {}
     for city, (river, country) in city_of.items():
-        corpus.append({"docid": next(ids), "text": _page(city, f"{city} is a city in {country} on the river {river}.", rng)})
+        city_doc[city] = next(ids)
+        corpus.append({"docid": city_doc[city], "text": _page(city, f"{city} is a city in {country} on the river {river}.", rng)})
     for i in range(people_count):
         born, founded = rng.randint(1880, 1940), rng.randint(1905, 1975)
         person = {"name": f"{firsts[i]} {lasts[i]}", "occupation": rng.choice(_OCCUPATIONS), "born": born,
@@ -134,7 +135,7 @@ def build_world(rng: random.Random, documents: int) -> tuple[list[dict[str, Any]
                   "product": products[i], "founded": max(founded, born + 20)}
         person["river"] = city_of[person["city"]][0]
         person["person_doc"], person["company_doc"] = next(ids), next(ids)
-        person["city_doc"] = corpus[city_names.index(person["city"])]["docid"]
+        person["city_doc"] = city_doc[person["city"]]
         corpus.append({"docid": person["person_doc"], "text": _page(person["name"], (
             f"{person['name']} was a {person['occupation']} born in {born} in {person['city']}. "
             f"In {person['founded']} {firsts[i]} founded {person['company']}."), rng)})

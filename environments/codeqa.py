@@ -94,7 +94,7 @@ def _question(rng: random.Random, repo: dict[str, dict[str, Any]]) -> tuple[str,
         return f"Which of these functions does `{f['name']}` call directly?", right, wrong
     target = rng.choice(f["calls"])
     count = callers[target]
-    wrong = rng.sample([v for v in range(0, count + 6) if v != count], 3)
+    wrong = rng.sample([v for v in range(count + 6) if v != count], 3)
     return (f"How many functions in the repository call `{target}` directly?", str(count), [str(v) for v in wrong])
 
 

@@ -17,7 +17,7 @@ CHARS_PER_TOKEN = 4
 # scripts/data/synthetic/constants.py's template, made singular): a header line, the haystack,
 # then the question line.
 _RULER_INPUT = re.compile(r"^(?P<header>[^\n]*)\n(?P<haystack>.*)\n(?P<question>What (?:is|are all) the special "
-                          r"magic [^\n]*\?)\s*$", re.S)
+                          r"magic [^\n]*\?)\s*$", re.DOTALL)
 
 
 def string_match_all(answer: str, references: list[str]) -> float:
