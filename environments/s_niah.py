@@ -33,25 +33,23 @@ class SingleNeedle(NeedleInAHaystack):
     name = "s_niah"
 
     def __init__(self, lengths: list[int] | None = None) -> None:
-        self.lengths = lengths or PAPER_LENGTHS
+        self.lengths = list(lengths or PAPER_LENGTHS)
         if any(length < 16 for length in self.lengths):
             raise ValueError(f"s_niah lengths are in tokens and must be at least 16, got {self.lengths}")
         super().__init__(length=self.lengths[0] * CHARS_PER_TOKEN, needles=1)
 
     def generate(self, n: int, seed: int = 0) -> list[Task]:
         count = len(self.lengths)
-        by_length = [  # seed * count + slot keeps every (seed, length) draw distinct
-            NeedleInAHaystack(length=tokens * CHARS_PER_TOKEN, needles=1).generate(len(range(slot, n, count)),
-                                                                                   seed=seed * count + slot)
-            for slot, tokens in enumerate(self.lengths)
-        ]
-        return [
-            by_length[i % count][i // count].model_copy(update={
-                "id": f"s_niah-{seed}-{i}",
-                "info": {**by_length[i % count][i // count].info, "length_tokens": self.lengths[i % count]},
-            })
-            for i in range(n)
-        ]
+        # Each length draws its own tasks; seed * count + slot keeps every (seed, length) draw distinct.
+        by_length = [NeedleInAHaystack(length=tokens * CHARS_PER_TOKEN, needles=1)
+                     .generate(len(range(slot, n, count)), seed=seed * count + slot)
+                     for slot, tokens in enumerate(self.lengths)]
+        tasks = []
+        for i in range(n):
+            task = by_length[i % count][i // count]
+            tasks.append(task.model_copy(update={
+                "id": f"s_niah-{seed}-{i}", "info": {**task.info, "length_tokens": self.lengths[i % count]}}))
+        return tasks
 
     def load(self, path: str | Path) -> list[Task]:
         """RULER niah jsonl rows (`input`: the prompt with the haystack, `outputs`: the needle values,
