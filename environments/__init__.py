@@ -17,16 +17,21 @@ from typing import Any
 from rlm import MODES
 
 from .base import Environment, Score, Task
+from .browsecomp_plus import BrowseCompPlus
+from .codeqa import CodeQA
 from .deepdive import DeepDive, HTTPSearch, LocalSearch
 from .harness import evaluate
 from .math_python import MathPython
 from .niah import NeedleInAHaystack
 from .oolong import Oolong
+from .oolong_pairs import OolongPairs
 from .results import Rollout, Summary
+from .s_niah import SingleNeedle
 from .verbatim_copy import VerbatimCopy
 
 ENVIRONMENTS: dict[str, type[Environment]] = {
-    cls.name: cls for cls in (DeepDive, Oolong, VerbatimCopy, MathPython, NeedleInAHaystack)
+    cls.name: cls for cls in (DeepDive, Oolong, VerbatimCopy, MathPython, NeedleInAHaystack,
+                              OolongPairs, BrowseCompPlus, CodeQA, SingleNeedle)
 }
 
 
@@ -36,9 +41,9 @@ def run_evaluation(*args: Any, **kwargs: Any) -> Summary:
 
 
 __all__ = [
-    "ENVIRONMENTS", "MODES", "DeepDive", "Environment", "HTTPSearch", "LocalSearch", "MathPython",
-    "NeedleInAHaystack", "Oolong", "Rollout", "Score", "Summary", "Task", "VerbatimCopy", "evaluate",
-    "run_evaluation",
+    "ENVIRONMENTS", "MODES", "BrowseCompPlus", "CodeQA", "DeepDive", "Environment", "HTTPSearch", "LocalSearch",
+    "MathPython", "NeedleInAHaystack", "Oolong", "OolongPairs", "Rollout", "Score", "SingleNeedle", "Summary",
+    "Task", "VerbatimCopy", "evaluate", "run_evaluation",
 ]
 
 # Verifiers finds a plug-in's classes through `__all__`; they import verifiers, an optional
