@@ -214,7 +214,7 @@ class DeepDive(Environment):
     )
 
     def __init__(self, judge: Any | None = None, backend: SearchBackend | None = None) -> None:
-        """`judge`: a `rlm.models.ModelClient` that grades answers with DeepDive's judge prompt;
+        """`judge`: an `rlm.ModelClient` that grades answers with DeepDive's judge prompt;
         None scores by normalized exact match of the committed answer.
         `backend`: search backend for loaded (online) tasks; generated tasks search their corpus."""
         self.judge = judge

@@ -17,6 +17,7 @@ from sandbox import Backend, SandboxError, SandboxPool
 from .config import RLMConfig
 from .controller import Controller
 from .errors import ConfigError, ContextLengthExceeded, ModelError, RLMError, ServerStartError
+from .models import Completion, ModelClient
 from .serving import LlamaCppServer, ManagedServer, VLLMServer
 from .tasks import MODES, Mode, TaskRun, complete_once, run_task, solve_task, task_config
 from .training import Sample, TrainingRollout, rollout, rollout_group, to_samples
@@ -66,8 +67,8 @@ def run(
 
 
 __all__ = [
-    "MODES", "RLM", "Backend", "ConfigError", "ContextLengthExceeded", "Event", "LlamaCppServer", "ManagedServer",
-    "Mode", "ModelError", "RLMConfig", "RLMError", "Result", "Sample", "SandboxError", "SandboxPool",
+    "MODES", "RLM", "Backend", "Completion", "ConfigError", "ContextLengthExceeded", "Event", "LlamaCppServer", "ManagedServer",
+    "Mode", "ModelClient", "ModelError", "RLMConfig", "RLMError", "Result", "Sample", "SandboxError", "SandboxPool",
     "ServerStartError", "Status", "SubCall", "TaskRun", "Timings", "TokenUsage", "TrainingRollout", "Turn",
     "TurnErrorKind", "Usage", "VLLMServer", "arun", "complete_once", "rollout", "rollout_group", "run", "run_task", "solve_task",
     "task_config", "to_samples",

@@ -18,7 +18,7 @@ from environments.s_niah import PAPER_LENGTHS, string_match_all
 from rlm.models import ModelClient
 from tests import test_verifiers
 from tests.oracles import oracle_code
-from tests.scripted_server import fenced
+from rlm.testing import fenced
 from tests.test_environments import oracle_server
 
 FIXTURES = Path(__file__).parent / "fixtures"
