@@ -85,7 +85,7 @@ def gigabyte_context() -> dict[str, float]:
         "          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    total, start, length, peak_mb = out.stdout.split()
+    total, _, length, peak_mb = out.stdout.split()
     assert int(length) == 1 << 30
     return {"run_s": float(total), "controller_peak_mb": float(peak_mb), "data_mb": 1024.0}
 

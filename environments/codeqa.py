@@ -23,7 +23,7 @@ _PARAMS = "timeout retries limit depth window offset chunk stride".split()
 def question_prompt(question: str, choices: list[str]) -> str:
     """LongBench-v2's zero-shot question block and answer format (THUDM/LongBench prompts/0shot.txt),
     with the repository in `context` instead of inline."""
-    options = "\n".join(f"({letter}) {choice.strip()}" for letter, choice in zip(LETTERS, choices))
+    options = "\n".join(f"({letter}) {choice.strip()}" for letter, choice in zip(LETTERS, choices, strict=False))
     return (f"The code repository is in `context`.\n\nWhat is the correct answer to this question: {question.strip()}\n"
             f"Choices:\n{options}\n\nFormat your response as follows: \"The correct answer is (insert answer here)\".")
 

@@ -96,7 +96,7 @@ def build_graph(rng: random.Random, people: int = 24) -> dict[str, list[dict[str
                "population": rng.randrange(20_000, 2_000_000, 1000)} for c in _CITY]
     universities = [{"id": f"uni-{i}", "name": f"University of {c['name']}", "city": c["name"],
                      "founded": rng.randint(1700, 1950)} for i, c in enumerate(rng.sample(cities, 8))]
-    names = rng.sample([f"{f} {l}" for f in _FIRST for l in _LAST], people)
+    names = rng.sample([f"{first} {last}" for first in _FIRST for last in _LAST], people)
     persons, companies, used = [], [], set()
     for i, name in enumerate(names):
         suffixes = [s for s in ("Works", "Holdings", "Brothers", "Company", "Foundry", "Guild", "Trading")

@@ -79,7 +79,7 @@ class NeedleInAHaystack(Environment):
             keys = rng.sample(_WORDS, self.needles)
             values = [str(rng.randint(1_000_000, 9_999_999)) for _ in keys]
             depths = self.depths or [rng.random() for _ in keys]
-            for key, value, depth in sorted(zip(keys, values, depths), key=lambda kv: -kv[2]):
+            for key, value, depth in sorted(zip(keys, values, depths, strict=True), key=lambda kv: -kv[2]):
                 at = round(depth * len(sentences))
                 sentences.insert(at, f"The special magic number for {key} is {value}.")
             asked = ", ".join(f"'{key}'" for key in keys)

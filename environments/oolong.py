@@ -42,7 +42,7 @@ def _distinct_counts(rng: random.Random, total: int, k: int) -> list[int]:
     """k different positive counts summing to `total`, so most/least common are unambiguous."""
     while True:
         cuts = sorted(rng.sample(range(1, total), k - 1))
-        counts = [b - a for a, b in zip([0, *cuts], [*cuts, total])]
+        counts = [b - a for a, b in zip([0, *cuts], [*cuts, total], strict=True)]
         if len(set(counts)) == k:
             return counts
 
@@ -132,7 +132,7 @@ class Oolong(Environment):
     def _task(self, rng: random.Random, task_id: str) -> Task:
         labels = rng.sample(LABELS, rng.randint(3, len(LABELS)))
         total = max(len(labels) * 3, self.context_tokens * 4 // 90)  # ~90 characters per record
-        counts = dict(zip(labels, _distinct_counts(rng, total, len(labels))))
+        counts = dict(zip(labels, _distinct_counts(rng, total, len(labels)), strict=True))
         pool = [label for label, count in counts.items() for _ in range(count)]
         rng.shuffle(pool)
         start = dt.date(2022, 1, 1)

@@ -67,9 +67,9 @@ def run(
 
 
 __all__ = [
-    "MODES", "RLM", "Backend", "Completion", "ConfigError", "ContextLengthExceeded", "Event", "LlamaCppServer", "ManagedServer",
-    "Mode", "ModelClient", "ModelError", "RLMConfig", "RLMError", "Result", "Sample", "SandboxError", "SandboxPool",
-    "ServerStartError", "Status", "SubCall", "TaskRun", "Timings", "TokenUsage", "TrainingRollout", "Turn",
-    "TurnErrorKind", "Usage", "VLLMServer", "arun", "complete_once", "rollout", "rollout_group", "run", "run_task", "solve_task",
-    "task_config", "to_samples",
+    "MODES", "RLM", "Backend", "Completion", "ConfigError", "ContextLengthExceeded", "Event", "LlamaCppServer",
+    "ManagedServer", "Mode", "ModelClient", "ModelError", "RLMConfig", "RLMError", "Result", "Sample",
+    "SandboxError", "SandboxPool", "ServerStartError", "Status", "SubCall", "TaskRun", "Timings", "TokenUsage",
+    "TrainingRollout", "Turn", "TurnErrorKind", "Usage", "VLLMServer", "arun", "complete_once", "rollout",
+    "rollout_group", "run", "run_task", "solve_task", "task_config", "to_samples",
 ]

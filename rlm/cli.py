@@ -183,7 +183,14 @@ class _UsageError(RLMError):
 
 
 def _logging(verbose: bool) -> None:
-    handler = RichHandler(console=stderr, show_time=False, show_path=False, show_level=False, markup=False)
+    """Turns and server logs on stderr: through rich on a terminal, as plain lines otherwise
+    (pipes and log files keep every line whole, commands included)."""
+    handler: logging.Handler
+    if stderr.is_terminal:
+        handler = RichHandler(console=stderr, show_time=False, show_path=False, show_level=False, markup=False)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger("rlm")
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else logging.WARNING)

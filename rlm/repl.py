@@ -76,7 +76,8 @@ class Repl:
         limits = runtime.Limits(answer_chars=self.config.max_answer_chars, prompt_chars=self.config.max_prompt_chars,
                                 request_bytes=self.sandbox.limits.message_bytes)
         where = self.data_file.location(self.sandbox)
-        load = "None" if where is None else f"{_REF}.{runtime.load_context.__name__}({where!r}, {self.data_file.kind!r})"
+        kind = self.data_file.kind
+        load = "None" if where is None else f"{_REF}.{runtime.load_context.__name__}({where!r}, {kind!r})"
         code = (rpc.module_code(MODULE, _SOURCE, {"rpc": rpc.KERNEL_MODULE})
                 + f"from {MODULE} import {', '.join(runtime.USER_NAMES)}\n"
                 + f"{_REF}.{runtime.configure.__name__}({_REF}.{limits!r})\n"

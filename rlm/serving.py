@@ -123,7 +123,8 @@ class ManagedServer(abc.ABC):
                 return
             time.sleep(0.25)
         self.stop()
-        raise ServerStartError(f"the server did not answer {self.health_url} within {self.startup_timeout:g}s:\n{self.log_tail()}")
+        raise ServerStartError(
+            f"the server did not answer {self.health_url} within {self.startup_timeout:g}s:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(list(self.log_lines)[-lines:])

@@ -19,13 +19,13 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 #: A reply: assistant text, or a dict with any of content / tool_calls / status / error / usage.
 Reply = str | dict[str, Any]
-RootScript = list[Reply] | Callable[[dict[str, Any]], Reply]
+RootScript = Sequence[Reply] | Callable[[dict[str, Any]], Reply]
 
 ROOT_MARKER = "persistent Python REPL"
 
@@ -180,9 +180,10 @@ class ScriptedServer:
 
 
 def _completion(request: dict[str, Any], reply: Reply) -> tuple[int, dict[str, Any]]:
-    spec = {"content": reply} if isinstance(reply, str) else dict(reply)
+    spec: dict[str, Any] = {"content": reply} if isinstance(reply, str) else dict(reply)
     if "status" in spec:
-        return spec["status"], {"error": {"message": spec.get("error", "scripted failure"), "type": "server_error"}}
+        error = {"message": spec.get("error", "scripted failure"), "type": "server_error"}
+        return int(spec["status"]), {"error": error}
     content = spec.get("content")
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if spec.get("tool_calls"):
@@ -192,7 +193,7 @@ def _completion(request: dict[str, Any], reply: Reply) -> tuple[int, dict[str, A
             for c in spec["tool_calls"]
         ]
     prompt_chars = sum(len(m.get("content") or "") for m in request["messages"])
-    usage = spec.get("usage") or {
+    usage: dict[str, int] = spec.get("usage") or {
         "prompt_tokens": prompt_chars // 4 + 1,
         "completion_tokens": len(content or "") // 4 + 1,
     }
@@ -208,7 +209,8 @@ def _completion(request: dict[str, Any], reply: Reply) -> tuple[int, dict[str, A
         choice_extra["token_ids"] = [ord(c) for c in (content or "") + "<|end|>"]
     if request.get("logprobs"):
         text = (content or "") + "<|end|>"
-        choice_extra["logprobs"] = {"content": [{"token": c, "logprob": -0.5, "bytes": None, "top_logprobs": []} for c in text]}
+        choice_extra["logprobs"] = {
+            "content": [{"token": c, "logprob": -0.5, "bytes": None, "top_logprobs": []} for c in text]}
     return 200, {
         "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
         "object": "chat.completion",
@@ -236,10 +238,12 @@ class ServerProcess:
 
     def __enter__(self) -> ServerProcess:
         self._process = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self._process.stdout is not None
         self.base_url, self.pid = self._process.stdout.readline().strip(), self._process.pid
         return self
 
     def __exit__(self, *exc: object) -> None:
+        assert self._process.stdin is not None
         self._process.stdin.close()  # the server's signal to stop
         self._process.wait(timeout=30)
 

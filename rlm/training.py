@@ -85,7 +85,8 @@ async def rollout(
                            samples=samples, result=result)
 
 
-async def rollout_group(env: EnvironmentLike, task: TaskLike, n: int, *, seed: int = 0, **kwargs: Any) -> list[TrainingRollout]:
+async def rollout_group(env: EnvironmentLike, task: TaskLike, n: int, *, seed: int = 0,
+                        **kwargs: Any) -> list[TrainingRollout]:
     """`n` rollouts of one task (seeds seed..seed+n-1) with advantages (reward - mean) / std."""
     group = await asyncio.gather(*(rollout(env, task, seed=seed + i, **kwargs) for i in range(n)))
     rewards = [r.reward for r in group]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, get_args
 
 from . import rpc
@@ -22,7 +23,7 @@ from .base import (
 )
 from .cleanup import reap_orphans
 from .kernel import KernelSandbox
-from .local import LocalSandbox
+from .local import LocalProvisioner
 from .pool import SandboxPool
 from .provisioner import Launch, Provisioner
 from .rpc import Reply
@@ -31,17 +32,20 @@ from .rpc import Reply
 BACKENDS: tuple[Backend, ...] = get_args(Backend)
 
 
-def create_sandbox(backend: Backend = "local", **options: Any) -> Sandbox:
-    """A not-yet-started sandbox of the named backend; `start()` (or `async with`) acquires it."""
-    if backend == "local":
-        return LocalSandbox(**options)
-    if backend == "unsafe-local":
-        return LocalSandbox(isolated=False, **options)
-    if backend == "docker":
-        from .docker import DockerSandbox  # imported on use: the SDK is only needed here
+def create_sandbox(backend: Backend = "local", *, startup_timeout: float = 60.0,
+                   limits: KernelLimits | Mapping[str, int] | None = None, **options: Any) -> KernelSandbox:
+    """A not-yet-started sandbox of the named backend; `start()` (or `async with`) acquires it.
+    `options` go to the backend's provisioner (`LocalProvisioner`, `DockerProvisioner`)."""
+    provisioner: Provisioner
+    if backend in ("local", "unsafe-local"):
+        provisioner = LocalProvisioner(isolated=backend == "local", **options)
+    elif backend == "docker":
+        from .docker import DockerProvisioner  # imported on use: the SDK is only needed here
 
-        return DockerSandbox(**options)
-    raise SandboxConfigError(f"unknown sandbox backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        provisioner = DockerProvisioner(**options)
+    else:
+        raise SandboxConfigError(f"unknown sandbox backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return KernelSandbox(provisioner, startup_timeout=startup_timeout, limits=limits)
 
 
 __all__ = [
@@ -52,7 +56,7 @@ __all__ = [
     "KernelLimits",
     "KernelSandbox",
     "Launch",
-    "LocalSandbox",
+    "LocalProvisioner",
     "Provisioner",
     "Reply",
     "RequestHandler",

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,8 @@ import docker.errors
 import requests
 from docker.types import LogConfig
 
-from .base import KernelLimits, SandboxStartError, SandboxUnavailable
+from .base import SandboxStartError, SandboxUnavailable
 from .image import build_image
-from .kernel import KernelSandbox
 from .local import SANDBOX_UID, WORKDIR, parse_bytes
 from .provisioner import Launch, Provisioner
 
@@ -83,7 +82,6 @@ class DockerProvisioner(Provisioner):
         tmp_size: int | str = "1g",
         disk_limit: int | str = "2g",
         mounts: Sequence[str | Path] = (),
-        raw_output_bytes: int = 64 << 10,
     ) -> None:
         self.image = image
         self.memory_limit = parse_bytes(memory_limit)
@@ -92,7 +90,6 @@ class DockerProvisioner(Provisioner):
         self.tmp_size = parse_bytes(tmp_size)
         self.disk_limit = parse_bytes(disk_limit)
         self.mounts = [Path(m).resolve() for m in mounts]
-        self.raw_output_bytes = raw_output_bytes
         self.workdir = WORKDIR
         self.client: Any = None
         self._container: Any = None
@@ -128,7 +125,7 @@ class DockerProvisioner(Provisioner):
         volumes.update({str(m): {"bind": str(m), "mode": "ro"} for m in self.mounts})
         # The log keeps at most one small file: what the kernel writes to its own stdout is
         # bounded on host disk, and the tail still explains a failed start.
-        log_config = LogConfig(type=LogConfig.types.JSON, config={"max-size": str(self.raw_output_bytes),
+        log_config = LogConfig(type=LogConfig.types.JSON, config={"max-size": str(launch.log_bytes),
                                                                    "max-file": "1"})
         try:
             self._container = self.client.containers.create(
@@ -200,12 +197,3 @@ class DockerProvisioner(Provisioner):
             self._stdin.close()
             self._stdin = None
 
-
-class DockerSandbox(KernelSandbox):
-    """A kernel sandbox in a container; options as `DockerProvisioner`'s, plus the kernel's."""
-
-    def __init__(self, *, startup_timeout: float = 60.0, limits: KernelLimits | Mapping[str, int] | None = None,
-                 **options: Any) -> None:
-        limits = limits if isinstance(limits, KernelLimits) else KernelLimits(**(limits or {}))
-        super().__init__(DockerProvisioner(raw_output_bytes=limits.raw_output_bytes, **options),
-                         startup_timeout=startup_timeout, limits=limits)

@@ -430,7 +430,7 @@ class KernelSandbox(Sandbox):
         self.provisioner.grant(ipcdir)
         self._ipc_fd = os.open(ipcdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         launch = Launch(args=_kernel_args(connection_file), environment=self._environment(),
-                        ipcdir=ipcdir, inbox=self.inbox)
+                        ipcdir=ipcdir, inbox=self.inbox, log_bytes=self.limits.raw_output_bytes)
         try:
             await self.provisioner.launch(launch)
             await self._wait_for_sockets(info)

@@ -22,13 +22,11 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from .base import KernelLimits, SandboxStartError, SandboxUnavailable
+from .base import SandboxStartError, SandboxUnavailable
 from .cleanup import controller_gone
-from .kernel import KernelSandbox
 from .provisioner import Launch, Provisioner
 
 #: Unprivileged identity the kernel drops to when the controller runs as root ("nobody").
@@ -210,7 +208,6 @@ class LocalProvisioner(Provisioner):
         tmp_size: int | str = "1g",
         disk_limit: int | str = "2g",
         mounts: Sequence[str | Path] = (),
-        raw_output_bytes: int = 64 << 10,
     ) -> None:
         self.isolated = isolated
         self.python = python or sys.executable
@@ -220,7 +217,6 @@ class LocalProvisioner(Provisioner):
         self.tmp_size = parse_bytes(tmp_size)
         self.disk_limit = parse_bytes(disk_limit)
         self.mounts = [Path(m).resolve() for m in mounts]
-        self.raw_output_bytes = raw_output_bytes
         # isolated: a tmpfs of `disk_limit` bytes inside the sandbox, not on host disk;
         # unsafe-local: no boundary at all, so a plain private host directory (made by `prepare`)
         self.workdir = WORKDIR
@@ -338,7 +334,7 @@ class LocalProvisioner(Provisioner):
             argv, env, cwd = self._bwrap_argv(launch), {}, None
         else:
             argv, env, cwd = [self.python, *launch.args], launch.environment, self.workdir
-        self._tail = OutputTail(self.raw_output_bytes)
+        self._tail = OutputTail(launch.log_bytes)
         try:
             # Launched from the calling thread: bwrap's --die-with-parent follows this thread.
             self._proc = subprocess.Popen(
@@ -369,12 +365,3 @@ class LocalProvisioner(Provisioner):
             self._tail.close()
             self._tail = None
 
-
-class LocalSandbox(KernelSandbox):
-    """A kernel sandbox on this machine; options as `LocalProvisioner`'s, plus the kernel's."""
-
-    def __init__(self, *, startup_timeout: float = 60.0, limits: KernelLimits | Mapping[str, int] | None = None,
-                 **options: Any) -> None:
-        limits = limits if isinstance(limits, KernelLimits) else KernelLimits(**(limits or {}))
-        super().__init__(LocalProvisioner(raw_output_bytes=limits.raw_output_bytes, **options),
-                         startup_timeout=startup_timeout, limits=limits)

@@ -23,6 +23,8 @@ class Launch:
     ipcdir: Path
     #: Deliveries from the host, bound read-only.
     inbox: Path
+    #: How much of the kernel process's own output to keep (`KernelLimits.raw_output_bytes`).
+    log_bytes: int
 
 
 class Provisioner(abc.ABC):

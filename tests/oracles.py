@@ -3,7 +3,23 @@ the REPL, and a deliberately wrong variant whose score the metric predicts."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from environments import Task
+
+#: Small instances of every environment, as constructor options (the form `--option` and
+#: `--env.taskset.options` take).
+OPTIONS: dict[str, dict[str, Any]] = {
+    "oolong": {"context_tokens": 1500, "labels": True},
+    "math_python": {},
+    "niah": {"length": 20_000, "needles": 2},
+    "deepdive": {},
+    "verbatim_copy": {"mean_fragment_length": 20},
+    "oolong_pairs": {"context_tokens": 1500, "labels": True},
+    "browsecomp_plus": {"documents": 60},
+    "codeqa": {"files": 8},
+    "s_niah": {"lengths": [500, 1000, 2000]},
+}
 
 _OOLONG = """
 import re, collections, datetime

@@ -18,8 +18,8 @@ import pytest
 
 from environments import NeedleInAHaystack
 from rlm import Result
-from tests.oracles import oracle_code
 from rlm.testing import fenced
+from tests.oracles import oracle_code
 
 TINY_MODEL = "smollm2-135m"
 

@@ -13,17 +13,11 @@ from environments import DeepDive, MathPython, NeedleInAHaystack, Oolong, Task, 
 from environments.oolong import score_dnd, score_synth
 from rlm.models import ModelClient
 from rlm.testing import fenced
-from tests.oracles import oracle_code
+from tests.oracles import OPTIONS, oracle_code
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-SMALL = {
-    "oolong": lambda: Oolong(context_tokens=1500, labels=True),
-    "math_python": MathPython,
-    "niah": lambda: NeedleInAHaystack(length=20_000, needles=2),
-    "deepdive": DeepDive,
-    "verbatim_copy": lambda: VerbatimCopy(mean_fragment_length=20),
-}
+SMALL = {name: (lambda name=name: environments.ENVIRONMENTS[name](**OPTIONS[name])) for name in OPTIONS}
 
 
 def oracle_server(scripted, env_name: str, tasks: list[Task], *, wrong: bool = False):

@@ -4,6 +4,7 @@ environment, filesystem, memory and process limits, leftovers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import os
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from rlm.testing import fenced
-from sandbox import LocalSandbox, SandboxCrashed, SandboxUnavailable, create_sandbox
+from sandbox import LocalProvisioner, SandboxCrashed, SandboxUnavailable, create_sandbox
 from tests.conftest import ISOLATING, run_on, sandbox_dirs, sandbox_processes
 
 MIB = 1 << 20
@@ -36,7 +37,7 @@ CGROUP_V2 = (CGROUP_ROOT / "cgroup.controllers").exists()
 
 def cgroup_dir(box, controller: str) -> Path:
     """The sandbox's own cgroup directory for `controller` (v1), or its single v2 directory."""
-    if isinstance(box, LocalSandbox):
+    if isinstance(box.provisioner, LocalProvisioner):
         assert box.provisioner._cgroup is not None, "the local sandbox runs without a cgroup"
         dirs = box.provisioner._cgroup.dirs  # v2: [path]; v1: [memory, pids, cpu]
         return dirs[0] if len(dirs) == 1 else dirs[("memory", "pids", "cpu").index(controller)]
@@ -61,7 +62,7 @@ def cgroup_stat(box, controller: str, name: str) -> dict[str, int]:
 
 def host_pids(box) -> list[int]:
     """PIDs of every process of the sandbox, as the host numbers them."""
-    if isinstance(box, LocalSandbox):
+    if isinstance(box.provisioner, LocalProvisioner):
         return [int(p) for p in (cgroup_dir(box, "memory") / "cgroup.procs").read_text().split()]
     top = box.provisioner._container.top()
     column = top["Titles"].index("PID")
@@ -80,7 +81,7 @@ def host_cpu_seconds(box) -> float:
     """CPU time used so far by the sandbox's processes, from the host's accounting."""
     if CGROUP_V2:
         return cgroup_stat(box, "cpu", "cpu.stat")["usage_usec"] / 1e6
-    if not isinstance(box, LocalSandbox):
+    if not isinstance(box.provisioner, LocalProvisioner):
         return int(cgroup_read(box, "cpuacct", "cpuacct.usage", "")) / 1e9
     usage = cgroup_dir(box, "cpu") / "cpuacct.usage"
     if usage.exists():  # cpu and cpuacct mounted together
@@ -139,10 +140,8 @@ async def test_host_loopback_server_is_unreachable(box):
     accepted = []
 
     def accept() -> None:
-        try:
+        with contextlib.suppress(OSError):  # closed at the end of the test: nobody connected
             accepted.append(listener.accept())
-        except OSError:  # closed at the end of the test: nobody connected
-            pass
 
     threading.Thread(target=accept, daemon=True).start()
     code = (
@@ -268,7 +267,7 @@ async def test_memory_limit_stops_a_memory_bomb(box, backend):
     # The host's own OOM killer also ends a bomb in a crash, so a crash proves nothing: assert the
     # limit the host applied, the OOM record of the sandbox's own cgroup / container, and the
     # cgroup's high-water mark. Without the limit the configured value and the peak both fail.
-    if isinstance(box, LocalSandbox) and box.provisioner._cgroup is None:  # no cgroup (not root): RLIMIT_DATA
+    if isinstance(box.provisioner, LocalProvisioner) and box.provisioner._cgroup is None:  # no cgroup (not root): RLIMIT_DATA
         limits = Path(f"/proc/{box.provisioner._proc.pid}/limits").read_text()
         assert re.search(rf"^Max data size\s+{512 * MIB}\s+{512 * MIB}\s", limits, re.MULTILINE), limits
         out = await box.execute(MEMORY_BOMB, timeout=60)
@@ -298,7 +297,7 @@ async def test_memory_limit_stops_a_memory_bomb(box, backend):
 def pids_limit(box) -> int:
     """The process limit the host applied to the sandbox."""
     value = int(cgroup_read(box, "pids", "pids.max", "pids.max"))
-    if not isinstance(box, LocalSandbox):
+    if not isinstance(box.provisioner, LocalProvisioner):
         assert box.provisioner._container.attrs["HostConfig"]["PidsLimit"] == value
     return value
 
@@ -330,7 +329,7 @@ print(len(procs), failed)
 
 async def test_missing_bubblewrap_names_the_install_command(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
-    box = LocalSandbox()  # construction stores options; the check is part of acquiring
+    box = create_sandbox("local")  # construction stores options; the check is part of acquiring
     with pytest.raises(SandboxUnavailable, match="apt-get install bubblewrap"):
         await box.start()
     await box.close()
@@ -462,10 +461,8 @@ def _container_running(container_id: str) -> bool:
 def _remove_controller_leftovers(info: dict) -> None:
     """What a SIGKILLed controller could not clean: its container, cgroup and private directory."""
     for pid in processes_with(b"sleep 297.5"):  # only if the test failed: our kernel's child
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     if "container" in info:
         from docker.errors import NotFound
 
@@ -483,10 +480,8 @@ def _remove_controller_leftovers(info: dict) -> None:
                 break
             try:
                 for pid in (cgroup / "cgroup.procs").read_text().split():  # only if the test failed
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.kill(int(pid), signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
                 cgroup.rmdir()
             except OSError:  # busy until the kernel has reaped what was killed
                 time.sleep(0.01)

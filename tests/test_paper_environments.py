@@ -16,49 +16,10 @@ from environments.codeqa import extract_choice
 from environments.oolong_pairs import QUERIES, pair_f1
 from environments.s_niah import PAPER_LENGTHS, string_match_all
 from rlm.models import ModelClient
-from tests import test_verifiers
-from tests.oracles import oracle_code
 from rlm.testing import fenced
-from tests.test_environments import oracle_server
+from tests.oracles import oracle_code
 
 FIXTURES = Path(__file__).parent / "fixtures"
-
-#: Small instances, as constructor options (the form `--option` and `--env.taskset.options` take).
-OPTIONS = {
-    "oolong_pairs": {"context_tokens": 1500, "labels": True},
-    "browsecomp_plus": {"documents": 60},
-    "codeqa": {"files": 8},
-    "s_niah": {"lengths": [500, 1000, 2000]},
-}
-SMALL = {name: (lambda name=name: environments.ENVIRONMENTS[name](**OPTIONS[name])) for name in OPTIONS}
-
-
-@pytest.mark.parametrize("name", list(SMALL))
-async def test_oracle_scores_one_and_wrong_program_scores_less(scripted, tmp_path, name):
-    env = SMALL[name]()
-    tasks = env.generate(3, seed=7)
-    for wrong, out in ((False, tmp_path / "right"), (True, tmp_path / "wrong")):
-        server = oracle_server(scripted, name, tasks, wrong=wrong)
-        summary = await environments.evaluate(
-            [env], model="scripted-root", base_url=server.base_url, modes=["rlm"], tasks={name: tasks},
-            out=out, progress=False, max_retries=0,
-        )
-        rollouts = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-        assert [r["status"] for r in rollouts] == ["ready"] * 3, rollouts
-        rewards = [r["reward"] for r in rollouts]
-        if wrong:
-            assert all(r < 1.0 for r in rewards), rewards
-        else:
-            assert rewards == [1.0, 1.0, 1.0], [r["answer"] for r in rollouts]
-        assert summary.rows[0].reward_mean == pytest.approx(sum(rewards) / 3)
-
-
-@pytest.mark.parametrize("name", list(OPTIONS))
-def test_vf_eval_runs_each_paper_environment(scripted, tmp_path, monkeypatch, name):
-    monkeypatch.setitem(test_verifiers.OPTIONS, name, OPTIONS[name])
-    traces = test_verifiers.vf_eval(scripted(test_verifiers.oracle(name)), tmp_path, environment=name)
-    assert [test_verifiers.reward(trace) for trace in traces] == [1.0, 1.0]
-
 
 def test_oolong_pairs_rules_agree_with_the_papers_wording_for_all_twenty_queries():
     """The oracle derives each rule from the question's text; run in-process over every query."""
@@ -67,18 +28,10 @@ def test_oolong_pairs_rules_agree_with_the_papers_wording_for_all_twenty_queries
     assert sorted({t.info["query"] for t in tasks}) == list(range(1, 21))
     for task in tasks:
         namespace = {"context": task.data, "answer": {"content": "", "ready": False}}
-        exec(oracle_code("oolong_pairs", task), namespace)  # noqa: S102 - our own oracle program
+        exec(oracle_code("oolong_pairs", task), namespace)
         assert env.score(task, namespace["answer"]["content"]).reward == 1.0, task.info
     unlabelled = OolongPairs(context_tokens=1500).generate(1, seed=11)[0]
     assert "|| Label:" not in unlabelled.data and unlabelled.expected == tasks[0].expected
-
-
-@pytest.mark.parametrize("name", list(SMALL))
-def test_generators_are_deterministic_per_seed(name):
-    env = SMALL[name]()
-    first, again, other = env.generate(3, seed=1), env.generate(3, seed=1), env.generate(3, seed=2)
-    assert first == again
-    assert [t.expected for t in first] != [t.expected for t in other]
 
 
 def test_oolong_pairs_f1_over_pairs():

@@ -14,9 +14,9 @@ import pytest
 import environments
 import rlm
 from environments import NeedleInAHaystack
+from rlm.testing import fenced
 from tests.conftest import run_on
 from tests.oracles import oracle_code
-from rlm.testing import fenced
 
 FINISH = fenced("answer.update(content=str(len(context)), ready=True)")
 

@@ -14,9 +14,9 @@ from importlib import metadata
 
 import pytest
 
+from rlm.testing import fenced
 from tests.conftest import ISOLATING, run_on
 from tests.docker_view import LabelledEngineView
-from rlm.testing import fenced
 
 #: The label every rlm container carries (README, "Sandboxes": "labelled `rlm.sandbox`").
 RLM_LABEL = "rlm.sandbox"

@@ -93,7 +93,7 @@ def test_loader_reads_each_published_row_shape(tmp_path):
     assert tasks[1].prompt.startswith(r"What is $\cos 30^\circ$?") and tasks[1].prompt.endswith(r"\boxed{}.")
     env = MathPython()
     replies = [r"\boxed{(3, \frac{\pi}{2})}", r"\boxed{\frac{\sqrt{3}}{2}}", r"\boxed{72}", "28", r"\boxed{204}"]
-    assert [env.score(t, reply).reward for t, reply in zip(tasks, replies)] == [1.0] * 5
+    assert [env.score(t, reply).reward for t, reply in zip(tasks, replies, strict=True)] == [1.0] * 5
 
 
 def test_loader_refuses_a_row_without_a_gold(tmp_path):

@@ -50,7 +50,7 @@ ROWS = [  # index is the needle's character offset in the current generator: two
 
 def ruler_string_match_all(preds: list[str], refs: list[list[str]]) -> float:
     """RULER's metric, written out to compare against: percent, rounded to 2 places."""
-    return round(sum(sum(r.lower() in p.lower() for r in ref) / len(ref) for p, ref in zip(preds, refs))
+    return round(sum(sum(r.lower() in p.lower() for r in ref) / len(ref) for p, ref in zip(preds, refs, strict=True))
                  / len(preds) * 100, 2)
 
 

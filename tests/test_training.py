@@ -28,12 +28,12 @@ async def test_rollout_turns_merge_into_one_masked_sequence(scripted):
     [sample] = out.samples  # the toy template extends each prompt: one sequence for both turns
     last = out.result.turns[-1]
     assert sample.input_ids == last.prompt_ids + last.completion_ids
-    generated = "".join(chr(i) for i, m in zip(sample.input_ids, sample.loss_mask) if m)
+    generated = "".join(chr(i) for i, m in zip(sample.input_ids, sample.loss_mask, strict=True) if m)
     assert generated == "".join(t.assistant + "<|end|>" for t in out.result.turns)
-    masked = "".join(chr(i) for i, m in zip(sample.input_ids, sample.loss_mask) if not m)
+    masked = "".join(chr(i) for i, m in zip(sample.input_ids, sample.loss_mask, strict=True) if not m)
     assert "persistent Python REPL" in masked and str(len(task.data)) in masked  # system, REPL output
     assert len(sample.logprobs) == len(sample.input_ids)
-    assert all((lp == -0.5) == bool(m) for lp, m in zip(sample.logprobs, sample.loss_mask))
+    assert all((lp == -0.5) == bool(m) for lp, m in zip(sample.logprobs, sample.loss_mask, strict=True))
     assert sample.prompt_length == len(out.result.turns[0].prompt_ids)
 
 

@@ -16,17 +16,10 @@ import pytest
 from environments import ENVIRONMENTS, Task
 from rlm.testing import ScriptedServer, fenced
 from tests.conftest import sandbox_processes
-from tests.oracles import oracle_code
+from tests.oracles import OPTIONS, oracle_code
 
 VF_EVAL = Path(sys.executable).parent / "vf-eval"
 #: Small instances of every environment (constructor options as `--env.taskset.options` takes them).
-OPTIONS = {
-    "oolong": {"context_tokens": 1500, "labels": True},
-    "math_python": {},
-    "niah": {"length": 20_000, "needles": 2},
-    "deepdive": {},
-    "verbatim_copy": {"mean_fragment_length": 20},
-}
 
 
 def generated(environment: str = "niah") -> list[Task]:

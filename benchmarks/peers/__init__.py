@@ -57,9 +57,10 @@ FIGURES = [
     ("context_100mb", "peak_rss_mb", "peak MB"),
 ]
 LEGEND = """start: REPL start to first statement run, p50. exec: `x = 1` round trip, p50. 64 subs: 64 batched
-sub-calls at 100 ms each, and that over 1 sub-call. turn: one trivial turn (model request + execution +
-the library's loop), averaged over a 30-turn run (10 with --quick). 100MB: a run over a 100 MB context, and the peak RSS of the host process tree
-(ours[docker]'s kernel lives in its container, outside that tree). (x): over ours[unsafe-local]."""
+sub-calls at 100 ms each, and that over 1 sub-call. turn: one trivial turn (model request +
+execution + the library's loop), averaged over a 30-turn run (10 with --quick). 100MB: a run over a
+100 MB context, and the peak RSS of the host process tree (ours[docker]'s kernel lives in its
+container, outside that tree). (x): over ours[unsafe-local]."""
 TARGETS: dict[str, tuple[str, str]] = {}
 
 
@@ -133,7 +134,8 @@ def table(report: dict[str, Any]) -> str:
         for measure, key, _ in FIGURES:
             value = figure(report[name], measure, key)
             ratio = report["ratios"][name].get(f"{measure}.{key}")
-            cells.append("failed" if value is None else f"{value:.3g}" + (f" ({ratio:.2g}x)" if ratio is not None else ""))
+            shown = "failed" if value is None else f"{value:.3g}"
+            cells.append(shown + (f" ({ratio:.2g}x)" if value is not None and ratio is not None else ""))
         answer = report[name]["results"].get("correctness", {}).get("answer") or "failed"
         lines.append(f"{name:{first}}" + "".join(f"{cell:>18}" for cell in cells) + f"  {answer}")
     answers = {report[n]["results"].get("correctness", {}).get("answer") for n in runs} - {None}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 
 class Adapter:
@@ -18,7 +18,7 @@ class Adapter:
 
     batch = "llm_query_batched"
     #: Settings this adapter chose for fairness (recorded with the figures).
-    settings: dict[str, Any] = {}
+    settings: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -52,7 +52,7 @@ class Adapter:
 
 class Ours(Adapter):
     batch = "llm_batch"
-    settings = {"max_sub_concurrency": 64}
+    settings: ClassVar[dict[str, Any]] = {"max_sub_concurrency": 64}
 
     def step(self, program: str) -> str:
         return f"Running code.\n```python\n{self.code(program)}\n```"
@@ -88,7 +88,7 @@ class Ours(Adapter):
 class Rlms(Adapter):
     """alexzhang13/rlm (`pip install rlms`, imports as `rlm`): ```repl fences, the answer dict."""
 
-    settings = {"max_concurrent_subcalls": 64}
+    settings: ClassVar[dict[str, Any]] = {"max_concurrent_subcalls": 64}
 
     def _environment(self) -> tuple[str, dict[str, Any]]:
         if self.kind == "ipython-subprocess":
@@ -124,7 +124,7 @@ class Rlms(Adapter):
 class Dspy(Adapter):
     """dspy.RLM: its chat-adapter fields around the code, `SUBMIT(...)` to finish."""
 
-    settings = {"max_llm_calls": 1000}
+    settings: ClassVar[dict[str, Any]] = {"max_llm_calls": 1000}
 
     def finish(self, expr: str) -> str:
         return f"SUBMIT(answer=str({expr}))"
