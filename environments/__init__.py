@@ -16,7 +16,7 @@ from typing import Any
 
 from rlm import MODES
 
-from .base import Environment, Score, Task
+from .base import DataFormatError, Environment, Score, Task
 from .browsecomp_plus import BrowseCompPlus
 from .codeqa import CodeQA
 from .deepdive import DeepDive, HTTPSearch, LocalSearch
@@ -41,7 +41,7 @@ def run_evaluation(*args: Any, **kwargs: Any) -> Summary:
 
 
 __all__ = [
-    "ENVIRONMENTS", "MODES", "BrowseCompPlus", "CodeQA", "DeepDive", "Environment", "HTTPSearch", "LocalSearch",
+    "ENVIRONMENTS", "MODES", "BrowseCompPlus", "CodeQA", "DataFormatError", "DeepDive", "Environment", "HTTPSearch", "LocalSearch",
     "MathPython", "NeedleInAHaystack", "Oolong", "OolongPairs", "Rollout", "Score", "SingleNeedle", "Summary",
     "Task", "VerbatimCopy", "evaluate", "run_evaluation",
 ]

@@ -12,6 +12,12 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
+import rlm
+
+
+class DataFormatError(rlm.RLMError, ValueError):
+    """A dataset file or row does not have the published format a loader reads."""
+
 
 class Task(BaseModel):
     """One problem: the question, the data the REPL holds, and what a correct answer is."""

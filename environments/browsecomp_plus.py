@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import rlm
+
 from .base import Environment, Score, Task, normalize, read_records
 from .deepdive import LocalSearch
 
@@ -169,14 +171,14 @@ class BrowseCompPlus(Environment):
         grading with the published prompt (None: strict exact match of the Exact Answer);
         `corpus`: BrowseComp-Plus corpus rows (`docid`, `text`) that `load` pads each task from."""
         if documents < 1:
-            raise ValueError(f"browsecomp_plus needs documents >= 1, got {documents}")
+            raise rlm.ConfigError(f"browsecomp_plus needs documents >= 1, got {documents}")
         self.documents = documents
         self.judge = judge
         self.corpus = corpus
 
     def generate(self, n: int, seed: int = 0) -> list[Task]:
         if not 20 <= self.documents <= 20_000:
-            raise ValueError(f"generated browsecomp_plus worlds have 20 to 20000 documents, got {self.documents}")
+            raise rlm.ConfigError(f"generated browsecomp_plus worlds have 20 to 20000 documents, got {self.documents}")
         tasks: list[Task] = []
         for index in range(n):
             rng = random.Random(f"browsecomp_plus-{seed}-{index}")

@@ -8,7 +8,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .base import Environment, Score, Task, read_records
+import rlm
+
+from .base import DataFormatError, Environment, Score, Task, read_records
 
 #: The LongBench-v2 `domain` of its code-repository questions.
 CODE_DOMAIN = "Code Repository Understanding"
@@ -113,7 +115,7 @@ class CodeQA(Environment):
     def __init__(self, files: int = 12, domain: str | None = CODE_DOMAIN) -> None:
         """`domain`: the LongBench-v2 domain `load` keeps; None keeps every row."""
         if files < 4:
-            raise ValueError(f"codeqa needs at least 4 files for its choices, got files={files}")
+            raise rlm.ConfigError(f"codeqa needs at least 4 files for its choices, got files={files}")
         self.files = files
         self.domain = domain
 
@@ -139,7 +141,7 @@ class CodeQA(Environment):
             if self.domain is not None and row.get("domain") != self.domain:
                 continue
             if row.get("answer") not in tuple(LETTERS):
-                raise ValueError(f"LongBench-v2 row {row.get('_id')!r}: answer must be one of A-D, got {row.get('answer')!r}")
+                raise DataFormatError(f"LongBench-v2 row {row.get('_id')!r}: answer must be one of A-D, got {row.get('answer')!r}")
             choices = [row[f"choice_{letter}"] for letter in LETTERS]
             tasks.append(Task(id=str(row["_id"]), prompt=question_prompt(row["question"], choices), data=row["context"],
                               expected=row["answer"],

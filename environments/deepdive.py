@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+import rlm
+
 from .base import Environment, Score, Task, last_boxed, normalize, read_records, strip_reasoning
 
 _FIRST = ["Ada", "Bruno", "Celia", "Dario", "Elsa", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Kira", "Lior", "Mira", "Nils", "Oona", "Pavel", "Rosa", "Soren", "Tove", "Uma"]
@@ -246,7 +248,7 @@ class DeepDive(Environment):
     def _backend(self, task: Task) -> SearchBackend:
         if task.data is None:
             if self.backend is None:
-                raise ValueError("loaded DeepDive tasks need a search backend: DeepDive(backend=HTTPSearch(...))")
+                raise rlm.ConfigError("loaded DeepDive tasks need a search backend: DeepDive(backend=HTTPSearch(...))")
             return self.backend
         key = json.dumps(task.info.get("world")) + task.id.rsplit("-", 1)[0]
         if key not in self._corpora:

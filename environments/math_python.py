@@ -12,7 +12,9 @@ from typing import Any, Literal
 
 import sympy
 
-from .base import Environment, Score, Task, last_boxed, read_records, strip_reasoning
+import rlm
+
+from .base import DataFormatError, Environment, Score, Task, last_boxed, read_records, strip_reasoning
 from .math_grading import grade
 
 #: The only names an answer may use: anything else is refused before sympy parses it.
@@ -113,7 +115,7 @@ class MathPython(Environment):
 
     def __init__(self, grader: Grader = "math_verify") -> None:
         if grader not in ("math_verify", "sympy"):
-            raise ValueError(f"grader must be 'math_verify' or 'sympy', not {grader!r}")
+            raise rlm.ConfigError(f"grader must be 'math_verify' or 'sympy', not {grader!r}")
         if grader == "math_verify" and importlib.util.find_spec("math_verify") is None:
             raise ImportError("math_python grades with math-verify: pip install math-verify, "
                               "or choose the offline fallback with MathPython(grader='sympy')")
@@ -134,7 +136,7 @@ class MathPython(Environment):
         for i, row in enumerate(read_records(path)):
             question, gold = row.get("problem") or row.get("question"), gold_answer(row)
             if not question or gold is None:
-                raise ValueError(f"{path}, row {i}: a math row needs `problem` or `question`, and `answer` "
+                raise DataFormatError(f"{path}, row {i}: a math row needs `problem` or `question`, and `answer` "
                                  "or a `solution` with a \\boxed{} answer")
             tasks.append(Task(id=str(row.get("id", row.get("unique_id", i))),
                               prompt=f"{question}\n\n{BOXED_INSTRUCTION}", expected=gold))

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .base import Environment, Score, Task, read_records
+from .base import DataFormatError, Environment, Score, Task, read_records
 
 _WORDS = ["river", "stone", "market", "lantern", "autumn", "signal", "garden", "harbor", "copper", "meadow", "window", "engine", "silver", "orchard", "thunder", "canvas", "pillar", "valley", "mirror", "compass", "ember", "timber", "violet", "anchor", "beacon", "prairie", "quartz", "saddle", "tunnel", "willow", "zenith", "basket", "circuit"]
 
@@ -40,7 +40,7 @@ def split_ruler_input(text: str) -> tuple[str, str]:
         return text[intro.end() if intro else 0 : question.start()].strip(), question.group(0)
     haystack, _, question = text.strip().rpartition("\n")
     if not haystack or not question.strip():
-        raise ValueError("no question found in a RULER input: expected the niah template's "
+        raise DataFormatError("no question found in a RULER input: expected the niah template's "
                          "'What ... special magic ... mentioned in the provided text?' or a last line")
     return haystack.strip(), question.strip()
 
@@ -107,18 +107,18 @@ class NeedleInAHaystack(Environment):
     def _task(task_id: str, row: dict[str, Any], where: str) -> Task:
         expected = row.get("outputs", row.get("answer"))
         if expected is None or (isinstance(expected, list) and not expected):
-            raise ValueError(f"{where}: a niah row needs `outputs` (the needle values)")
+            raise DataFormatError(f"{where}: a niah row needs `outputs` (the needle values)")
         expected = [str(e) for e in expected] if isinstance(expected, list) else [str(expected)]
         info: dict[str, Any] = {key: row[key] for key in ("index", "length") if key in row}
         if row.get("question"):
             return Task(id=task_id, prompt=row["question"], data=row.get("context", row.get("input")),
                         expected=expected, info=info)
         if "input" not in row:
-            raise ValueError(f"{where}: a niah row needs `input`, or `context` and `question`")
+            raise DataFormatError(f"{where}: a niah row needs `input`, or `context` and `question`")
         try:
             haystack, question = split_ruler_input(row["input"])
         except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
+            raise DataFormatError(f"{where}: {exc}") from None
         info["llm_prompt"] = row["input"] + row.get("answer_prefix", "")
         return Task(id=task_id, prompt=question, data=haystack, expected=expected, info=info)
 

@@ -11,6 +11,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import rlm
+
 from .base import Environment, Score, Task, read_records
 from .oolong import LABELS, _record_text
 
@@ -184,7 +186,7 @@ class OolongPairs(Environment):
         paper's tasks (1-20) to draw from, all by default."""
         chosen = queries or list(range(1, len(QUERIES) + 1))
         if any(not 1 <= q <= len(QUERIES) for q in chosen):
-            raise ValueError(f"oolong_pairs queries are numbered 1..{len(QUERIES)}, got {chosen}")
+            raise rlm.ConfigError(f"oolong_pairs queries are numbered 1..{len(QUERIES)}, got {chosen}")
         self.context_tokens = context_tokens
         self.labels = labels
         self.queries = chosen

@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .base import Score, Task, read_records
+import rlm
+
+from .base import DataFormatError, Score, Task, read_records
 from .niah import NeedleInAHaystack
 
 #: The paper's lengths in tokens (Figure 1: 2^13 .. 2^18), and characters per token for the haystack.
@@ -35,7 +37,7 @@ class SingleNeedle(NeedleInAHaystack):
     def __init__(self, lengths: list[int] | None = None) -> None:
         self.lengths = list(lengths or PAPER_LENGTHS)
         if any(length < 16 for length in self.lengths):
-            raise ValueError(f"s_niah lengths are in tokens and must be at least 16, got {self.lengths}")
+            raise rlm.ConfigError(f"s_niah lengths are in tokens and must be at least 16, got {self.lengths}")
         super().__init__(length=self.lengths[0] * CHARS_PER_TOKEN, needles=1)
 
     def generate(self, n: int, seed: int = 0) -> list[Task]:
@@ -59,7 +61,7 @@ class SingleNeedle(NeedleInAHaystack):
         for i, row in enumerate(read_records(path)):
             match = _RULER_INPUT.match(row["input"])
             if match is None:
-                raise ValueError(f"row {i} is not a RULER niah input (header, haystack, question line)")
+                raise DataFormatError(f"row {i} is not a RULER niah input (header, haystack, question line)")
             tasks.append(Task(id=f"s_niah-{i}", prompt=match["question"], data=match["haystack"],
                               expected=[str(v) for v in row["outputs"]], info={"length_tokens": row.get("length", 0)}))
         return tasks

@@ -11,6 +11,8 @@ import random
 import uuid
 from pathlib import Path
 
+import rlm
+
 from .base import Environment, Score, Task, last_boxed, read_records, similarity
 
 #: Default length of each content type, and the mix used by content_type="all".
@@ -135,9 +137,9 @@ class VerbatimCopy(Environment):
     def __init__(self, content_type: str = "all", target_length: int | None = None,
                  mean_fragment_length: int | None = None) -> None:
         if content_type not in (*DEFAULT_LENGTHS, "all"):
-            raise ValueError(f"content_type must be one of {', '.join([*DEFAULT_LENGTHS, 'all'])}")
+            raise rlm.ConfigError(f"content_type must be one of {', '.join([*DEFAULT_LENGTHS, 'all'])}")
         if mean_fragment_length is not None and mean_fragment_length <= 0:
-            raise ValueError("mean_fragment_length must be positive")
+            raise rlm.ConfigError("mean_fragment_length must be positive")
         self.content_type = content_type
         self.target_length = target_length
         self.mean_fragment_length = mean_fragment_length

@@ -23,7 +23,9 @@ from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-#: A reply: assistant text, or a dict with any of content / tool_calls / status / error / usage.
+#: A reply: assistant text, or a dict with any of content / tool_calls / status / error / usage;
+#: faults: {"raw": text} sends that body as is (status 200 unless given), {"hang_up": True}
+#: closes the connection without an answer, {"choices": []} answers with no choice.
 Reply = str | dict[str, Any]
 RootScript = Sequence[Reply] | Callable[[dict[str, Any]], Reply]
 
@@ -123,7 +125,7 @@ class ScriptedServer:
                 return {"status": 500, "error": "scripted server: no root reply left"}
             return self._root_queue.pop(0)
 
-    def respond(self, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def respond(self, request: dict[str, Any]) -> tuple[int, dict[str, Any] | str | None]:
         root = is_root(request, self.root_marker)
         with self._lock:
             self.requests.append(request)
@@ -166,10 +168,13 @@ class ScriptedServer:
                     server.bodies.append(body)
                     server.headers.append({k.lower(): v for k, v in self.headers.items()})
                 status, payload = server.respond(json.loads(body))
+                if payload is None:
+                    self.close_connection = True  # no answer at all: the client sees a cut connection
+                    return
                 self._send(status, payload)
 
-            def _send(self, status: int, payload: dict[str, Any]) -> None:
-                data = json.dumps(payload).encode()
+            def _send(self, status: int, payload: dict[str, Any] | str) -> None:
+                data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -179,8 +184,13 @@ class ScriptedServer:
         return Handler
 
 
-def _completion(request: dict[str, Any], reply: Reply) -> tuple[int, dict[str, Any]]:
+def _completion(request: dict[str, Any], reply: Reply) -> tuple[int, dict[str, Any] | str | None]:
+    """The status and body of an answer; a str body goes out as is, None hangs up."""
     spec: dict[str, Any] = {"content": reply} if isinstance(reply, str) else dict(reply)
+    if "raw" in spec:
+        return int(spec.get("status", 200)), str(spec["raw"])
+    if spec.get("hang_up"):
+        return 0, None
     if "status" in spec:
         error = {"message": spec.get("error", "scripted failure"), "type": "server_error"}
         return int(spec["status"]), {"error": error}
@@ -216,8 +226,9 @@ def _completion(request: dict[str, Any], reply: Reply) -> tuple[int, dict[str, A
         "object": "chat.completion",
         "created": int(time.time()),
         "model": request.get("model", "scripted"),
-        "choices": [{"index": 0, "message": message,
-                     "finish_reason": "tool_calls" if spec.get("tool_calls") else "stop", **choice_extra}],
+        "choices": spec["choices"] if "choices" in spec else [
+            {"index": 0, "message": message, "finish_reason": "tool_calls" if spec.get("tool_calls") else "stop",
+             **choice_extra}],
         "usage": usage,
         **extra,
     }

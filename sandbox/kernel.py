@@ -409,8 +409,13 @@ class KernelSandbox(Sandbox):
                 raise SandboxUnavailable("this platform's shutil.rmtree can follow symlinks")
             reap_orphans_once()
             self.root = private_root()
-            readable_dir(self.inbox)
-            await self.provisioner.prepare(self.root)
+            try:
+                readable_dir(self.inbox)
+                await self.provisioner.prepare(self.root)
+            except BaseException:  # nothing a failed acquisition made may outlive it
+                remove_tree(self.root)
+                self.root = None
+                raise
         self._launches += 1
         # A fresh IPC directory per launch, made before any kernel runs: nothing the previous
         # kernel planted can be in it, so writing the connection file there is safe.

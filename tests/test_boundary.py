@@ -390,7 +390,7 @@ async def test_a_cancelled_docker_start_leaves_no_container(monkeypatch):
         await start
     await box.close()
     assert docker_client().containers.list(all=True, filters={"label": LABEL}) == []
-    assert not box.root.exists()
+    assert box.root is None or not box.root.exists()  # None: cancelled before the root was kept
 
 
 async def test_sub_call_prompts_are_recorded_up_to_the_run_budget(scripted):

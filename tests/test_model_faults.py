@@ -1,0 +1,49 @@
+"""What a model server can do wrong, and what a run makes of it: a recorded, typed failure (or a
+run that goes on), never an exception out of `rlm.run` and never a hang."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlm.testing import fenced
+from tests.conftest import run_on
+
+DONE = fenced("answer['content'] = 'done'; answer['ready'] = True")
+
+
+@pytest.mark.parametrize(("fault", "message"), [
+    ({"raw": "<html>502 Bad Gateway</html>"}, "not a chat completion"),  # 200, a body that is not JSON
+    ({"raw": '{"id": "x", "choices": '}, "not a chat completion"),  # JSON cut short
+    ({"choices": []}, "no choices"),
+    ({"hang_up": True}, "Connection"),
+    ({"status": 503, "error": "overloaded"}, "503"),
+])
+async def test_a_root_fault_ends_the_run_with_a_recorded_model_error(scripted, fault, message):
+    server = scripted([fault])
+    result = await run_on(server, "data")
+    assert result.status == "error" and result.error.startswith("ModelError"), result.error
+    assert message in result.error
+
+
+async def test_a_stalled_root_server_ends_the_run_at_the_request_timeout(scripted):
+    server = scripted([DONE], root_latency=30)
+    result = await run_on(server, "data", request_timeout=1)
+    assert result.status == "error" and "Timeout" in result.error, result.error
+
+
+async def test_null_content_is_an_empty_reply_and_the_run_goes_on(scripted):
+    server = scripted([{"content": None}, DONE])
+    result = await run_on(server, "data")
+    assert (result.status, result.answer) == ("ready", "done")
+    assert result.turns[0].assistant == "" and result.turns[0].error_kind == "no_code"
+
+
+@pytest.mark.parametrize("fault", [{"status": 500}, {"raw": "not json"}, {"hang_up": True}, {"choices": []}])
+async def test_a_sub_call_fault_is_its_slots_error_and_the_run_goes_on(scripted, fault):
+    server = scripted([fenced("r = llm_batch(['a', 'b'])\nprint(r[0][:7], r[1][:7])"), DONE],
+                      sub=lambda request: fault if "a" in request["messages"][-1]["content"] else "fine")
+    result = await run_on(server, "data")
+    assert (result.status, result.answer) == ("ready", "done")
+    assert result.turns[0].output.strip() == "[error] fine"
+    failed = [call for call in result.sub_calls if call.error]
+    assert len(failed) == 1 and failed[0].error.startswith("ModelError"), failed
