@@ -61,7 +61,8 @@ PRIME_BLOG = Preset(
     environments={
         "deepdive": {},
         "oolong": {},
-        "verbatim_copy": {"content_type": "all", "target_length": 500, "mean_fragment_length": 20},  # the blog's defaults
+        # the blog's default verbatim-copy settings
+        "verbatim_copy": {"content_type": "all", "target_length": 500, "mean_fragment_length": 20},
         "math_python": {},
     },
     modes=("llm", "rlm", "rlm+tips"),

@@ -65,6 +65,10 @@ def summary_cells(row: Row) -> list[str]:
             format_optional(row.cost, ".4f"), str(row.failures)]
 
 
+def by_environment_and_mode(rows: list[Row]) -> dict[tuple[str, str], Row]:
+    return {(r.environment, r.mode): r for r in rows}
+
+
 def published_cells(figure: Published, rows: dict[tuple[str, str], Row]) -> list[str]:
     """A published figure and, where this run has the same environment × mode, its own numbers."""
     mine = rows.get((figure.environment, figure.mode))
@@ -77,7 +81,7 @@ def published_cells(figure: Published, rows: dict[tuple[str, str], Row]) -> list
 
 
 def markdown(summary: Summary, plots: list[Plot], preset: Preset | None) -> str:
-    rows = {(r.environment, r.mode): r for r in summary.rows}
+    rows = by_environment_and_mode(summary.rows)
     parts = [f"# rlm eval{f' --preset {preset.name}' if preset else ''}", "",
              *([preset.description, ""] if preset else []),
              f"Rollouts: `{summary.results_path}`. Token, second and cost columns are per rollout; task variance is "
@@ -98,7 +102,7 @@ def _markdown_table(columns: tuple[str, ...], cells: list[list[str]]) -> str:
 
 
 def html_page(summary: Summary, plots: list[Plot], preset: Preset | None) -> str:
-    rows = {(r.environment, r.mode): r for r in summary.rows}
+    rows = by_environment_and_mode(summary.rows)
     title = f"rlm eval{f' --preset {preset.name}' if preset else ''}"
     body = [f"<h1>{html.escape(title)}</h1>"]
     if preset:
@@ -127,8 +131,10 @@ def _html_table(columns: tuple[str, ...], cells: list[list[str]]) -> str:
 
 def make_plots(rows: list[Row], published: tuple[Published, ...] = ()) -> list[Plot]:
     return [
-        Plot("reward", "Reward ± standard error per environment × mode", _draw(rows, lambda ax: _reward(ax, rows, published))),
-        Plot("tokens", "Tokens per rollout by mode (root solid, sub-LLM hatched)", _draw(rows, lambda ax: _tokens(ax, rows))),
+        Plot("reward", "Reward ± standard error per environment × mode",
+             _draw(rows, lambda ax: _reward(ax, rows, published))),
+        Plot("tokens", "Tokens per rollout by mode (root solid, sub-LLM hatched)",
+             _draw(rows, lambda ax: _tokens(ax, rows))),
         Plot("time", "Seconds per rollout (bar: p50, whisker: p95)", _draw(rows, lambda ax: _time(ax, rows))),
     ]
 
