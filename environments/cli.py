@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,8 @@ async def run_eval(args: argparse.Namespace) -> int:
         summary = await evaluate(envs, model=config.model, base_url=config.base_url, modes=modes, n=args.n,
                                  repeats=args.repeats, seed=args.seed, concurrency=args.concurrency, out=args.out,
                                  prices=prices, **settings)
-    Console().print(summary_table(summary))
+    # off a terminal rich assumes 80 columns and would squeeze the twelve columns into ellipses
+    Console(width=None if sys.stdout.isatty() else 200).print(summary_table(summary))
     report = write_report(summary, args.out, chosen)
     print(f"results: {summary.results_path}")
     print(f"report: {report.html} (and {report.markdown})")
