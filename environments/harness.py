@@ -1,5 +1,5 @@
-"""The evaluation harness: rollouts of environments × modes in parallel, one JSONL line per
-rollout, a saved trajectory each, resume from a partial run, and a closing summary table.
+"""The evaluation harness: rollouts of environments × modes (× repeats) in parallel, one JSONL
+line per rollout, a saved trajectory each, resume from a partial run, and a closing summary table.
 
 Each rollout is `rlm.run_task` (the recipe training and the verifiers adapter use too); this
 module only plans the work, owns the shared resources, records and reports.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import rlm
 
 from .base import Environment, Task
-from .results import Key, ResultsFile, Rollout, Summary, summarize
+from .results import Key, Prices, ResultsFile, Rollout, Summary, check_priced, summarize
 
 
 def environment_class(name: str) -> type[Environment]:
@@ -44,29 +45,47 @@ class Job:
     env: Environment
     mode: rlm.Mode
     task: Task
+    repeat: int = 0
 
     @property
     def key(self) -> Key:
-        return (self.env.name, self.mode, self.task.id)
+        return (self.env.name, self.mode, self.task.id, self.repeat)
+
+    @property
+    def trajectory(self) -> Path:
+        """Where its trajectory goes, under the output directory; a first repeat keeps the name
+        runs from before --repeats used, so their resumed trajectories stay where they were."""
+        name = self.task.id if self.repeat == 0 else f"{self.task.id}.repeat{self.repeat}"
+        return Path("trajectories") / self.env.name / self.mode / f"{name}.json"
 
 
 def plan(envs: Sequence[Environment], modes: Sequence[rlm.Mode], n: int, seed: int,
-         tasks: dict[str, list[Task]] | None = None) -> list[Job]:
-    """Every environment × task × mode: `n` generated tasks, or the given ones per environment."""
-    return [Job(env, mode, task) for env in envs for task in (tasks or {}).get(env.name) or env.generate(n, seed)
-            for mode in modes]
+         tasks: dict[str, list[Task]] | None = None, repeats: int = 1) -> list[Job]:
+    """Every environment × task × mode, `repeats` times: `n` generated tasks, or the given ones
+    per environment."""
+    return [Job(env, mode, task, repeat) for env in envs
+            for task in (tasks or {}).get(env.name) or env.generate(n, seed)
+            for repeat in range(repeats) for mode in modes]
 
 
 class EvalProgress:
-    """A progress bar on stderr: rollouts done, running mean reward, failures, elapsed time."""
+    """Progress on stderr: rollouts done, running mean reward, failures, elapsed time. A live bar
+    on a terminal; elsewhere (CI logs, pipes) one plain line per finished rollout, which a live
+    bar would not leave behind."""
+
+    WIDTH = 24
 
     def __init__(self, total: int, enabled: bool) -> None:
+        self.total = total
         self.done = self.failures = 0
         self.reward = 0.0
+        self._console = Console(stderr=True)
+        self._lines = enabled and not self._console.is_terminal
+        self._started = time.monotonic()
         self._bar = Progress(
             TextColumn("eval"), BarColumn(), MofNCompleteColumn(),
             TextColumn("mean reward {task.fields[mean]:.3f} · failures {task.fields[failures]}"),
-            TimeElapsedColumn(), console=Console(stderr=True), disable=not enabled,
+            TimeElapsedColumn(), console=self._console, disable=not enabled or self._lines,
         )
         self._task = self._bar.add_task("eval", total=total, mean=0.0, failures=0)
 
@@ -81,7 +100,12 @@ class EvalProgress:
         self.done += 1
         self.reward += rollout.reward
         self.failures += rollout.status == "error"
-        self._bar.update(self._task, advance=1, mean=self.reward / self.done, failures=self.failures)
+        mean = self.reward / self.done
+        self._bar.update(self._task, advance=1, mean=mean, failures=self.failures)
+        if self._lines:
+            filled = self.WIDTH * self.done // max(1, self.total)
+            print(f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {self.done}/{self.total} mean reward {mean:.3f} · "
+                  f"failures {self.failures} · {time.monotonic() - self._started:.0f}s", file=sys.stderr, flush=True)
 
 
 async def evaluate(
@@ -92,26 +116,33 @@ async def evaluate(
     api_key: str | None = None,
     modes: Sequence[rlm.Mode] = rlm.MODES,
     n: int = 50,
+    repeats: int = 1,
     seed: int = 0,
     concurrency: int = 16,
     out: str | Path = "results",
     tasks: dict[str, list[Task]] | None = None,
     progress: bool = True,
     pool_size: int = 0,
+    prices: Prices | None = None,
     **settings: Any,
 ) -> Summary:
     """Run every environment in every mode on `n` generated tasks (or the given `tasks` per
-    environment name), `concurrency` rollouts at a time. `settings` are `RLMConfig` fields;
-    `pool_size` > 0 keeps that many sandboxes warm for the rlm modes."""
+    environment name), each `repeats` times, `concurrency` rollouts at a time. `settings` are
+    `RLMConfig` fields; `pool_size` > 0 keeps that many sandboxes warm for the rlm modes;
+    `prices` (model -> $/M tokens) adds a cost column and must price every model the run uses."""
     unknown = [m for m in modes if m not in rlm.MODES]
     if unknown:
         raise rlm.ConfigError(f"unknown mode(s) {unknown}; choose from {', '.join(rlm.MODES)}")
+    if repeats < 1:
+        raise rlm.ConfigError(f"repeats must be at least 1, got {repeats}")
     config = rlm.RLMConfig(model=model, base_url=base_url, api_key=api_key, **settings)
+    if prices is not None:
+        check_priced(prices, [config.model, config.sub_model or config.model])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = ResultsFile(out / "results.jsonl")
     done = results.done()
-    jobs = plan([resolve(e) for e in environments], modes, n, seed, tasks)
+    jobs = plan([resolve(e) for e in environments], modes, n, seed, tasks, repeats)
     todo = [job for job in jobs if job.key not in done]
     limit = asyncio.Semaphore(concurrency)
 
@@ -127,7 +158,8 @@ async def evaluate(
             finished = await asyncio.gather(*(one(job, pool, bar) for job in todo))
     wanted = {job.key for job in jobs}
     everything = [*done.values(), *finished]
-    summary = Summary(rows=summarize([r for r in everything if r.key in wanted]), results_path=str(results.path))
+    summary = Summary(rows=summarize([r for r in everything if r.key in wanted], prices),
+                      results_path=str(results.path))
     (out / "summary.json").write_text(summary.model_dump_json(indent=2))
     return summary
 
@@ -137,14 +169,14 @@ async def run_job(job: Job, config: rlm.RLMConfig, out: Path, pool: rlm.SandboxP
     started = time.monotonic()
     run = await rlm.run_task(job.env, job.task, job.mode, config, pool=pool)
     result = run.result
-    trajectory = out / "trajectories" / job.env.name / job.mode / f"{job.task.id}.json"
+    trajectory = out / job.trajectory
     trajectory.parent.mkdir(parents=True, exist_ok=True)
     trajectory.write_text(result.model_dump_json())
     return Rollout(
-        task_id=job.task.id, environment=job.env.name, mode=job.mode, reward=run.reward, metrics=run.metrics,
-        status=result.status, error=result.error, answer=result.answer[:2000],
-        root_usage=result.usage.root, sub_usage=result.usage.sub, turns=len(result.turns),
-        seconds=time.monotonic() - started, trajectory=str(trajectory.relative_to(out)),
+        task_id=job.task.id, repeat=job.repeat, environment=job.env.name, mode=job.mode, reward=run.reward,
+        metrics=run.metrics, status=result.status, error=result.error, answer=result.answer[:2000],
+        root_usage=result.usage.root, sub_usage=result.usage.sub, usage_by_model=result.usage.by_model,
+        turns=len(result.turns), seconds=time.monotonic() - started, trajectory=str(job.trajectory),
     )
 
 
