@@ -10,13 +10,16 @@ fans sub-LLM calls out with `llm_batch`, and finishes by setting `answer["ready"
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 from sandbox import Backend, SandboxError, SandboxPool
 
+from .budget import ModelPrice, TreeBudget
 from .config import RLMConfig
 from .controller import Controller
-from .errors import ConfigError, ContextLengthExceeded, ModelError, RLMError, ServerStartError
+from .errors import BudgetExhausted, ConfigError, ContextLengthExceeded, ModelError, RLMError, ServerStartError
+from .events import CodeRan, Compacted, Finished, ModelReplied, OnEvent, RunEvent, SubCallDone, TurnStarted, stream
 from .models import Completion, ModelClient
 from .serving import LlamaCppServer, ManagedServer, VLLMServer
 from .tasks import MODES, Mode, TaskRun, complete_once, run_task, solve_task, task_config
@@ -32,9 +35,15 @@ class RLM:
     def __init__(self, config: RLMConfig | None = None, **settings: Any) -> None:
         self.config = config.model_copy(update=settings) if config else RLMConfig(**settings)
 
-    async def arun(self, prompt: str, data: Any = None, *, pool: SandboxPool | None = None) -> Result:
-        """Run one RLM rollout over `data` (in a sandbox from `pool`, when given)."""
-        return await Controller(self.config).run(prompt, data, pool=pool)
+    async def arun(self, prompt: str, data: Any = None, *, pool: SandboxPool | None = None,
+                   on_event: OnEvent | None = None) -> Result:
+        """Run one RLM rollout over `data` (in a sandbox from `pool`, when given; `on_event`
+        gets its events as they happen)."""
+        return await Controller(self.config).run(prompt, data, pool=pool, on_event=on_event)
+
+    def events(self, prompt: str, data: Any = None, *, pool: SandboxPool | None = None) -> AsyncIterator[RunEvent]:
+        """The rollout's events as they happen, ending with `Finished` (which holds the Result)."""
+        return stream(lambda on_event: self.arun(prompt, data, pool=pool, on_event=on_event))
 
     def run(self, prompt: str, data: Any = None) -> Result:
         """`arun` for synchronous code (starts its own event loop)."""
@@ -50,11 +59,22 @@ def _config(model: str | None, base_url: str | None, api_key: str | None, sub_mo
 async def arun(
     prompt: str, data: Any = None, *, model: str | None = None, base_url: str | None = None,
     api_key: str | None = None, sub_model: str | None = None, sandbox: Backend = "local",
-    pool: SandboxPool | None = None, **limits: Any,
+    pool: SandboxPool | None = None, on_event: OnEvent | None = None, **limits: Any,
 ) -> Result:
     """Run an RLM over `data`; `limits` are any other `RLMConfig` fields (max_turns, timeout...).
     A bad setting raises `ConfigError`; everything that fails once the run starts is in the result."""
-    return await RLM(_config(model, base_url, api_key, sub_model, sandbox, limits)).arun(prompt, data, pool=pool)
+    runner = RLM(_config(model, base_url, api_key, sub_model, sandbox, limits))
+    return await runner.arun(prompt, data, pool=pool, on_event=on_event)
+
+
+def arun_events(
+    prompt: str, data: Any = None, *, model: str | None = None, base_url: str | None = None,
+    api_key: str | None = None, sub_model: str | None = None, sandbox: Backend = "local",
+    pool: SandboxPool | None = None, **limits: Any,
+) -> AsyncIterator[RunEvent]:
+    """`arun` as a stream of typed events, ending with `Finished` (which holds the Result):
+    `async for event in rlm.arun_events(prompt, data, model=...)`."""
+    return RLM(_config(model, base_url, api_key, sub_model, sandbox, limits)).events(prompt, data, pool=pool)
 
 
 def run(
@@ -67,9 +87,53 @@ def run(
 
 
 __all__ = [
-    "MODES", "RLM", "Backend", "Completion", "ConfigError", "ContextLengthExceeded", "Event", "LlamaCppServer",
-    "ManagedServer", "Mode", "ModelClient", "ModelError", "RLMConfig", "RLMError", "Result", "Sample",
-    "SandboxError", "SandboxPool", "ServerStartError", "Status", "SubCall", "TaskRun", "Timings", "TokenUsage",
-    "TrainingRollout", "Turn", "TurnErrorKind", "Usage", "VLLMServer", "arun", "complete_once", "rollout",
-    "rollout_group", "run", "run_task", "solve_task", "task_config", "to_samples",
+    "MODES",
+    "RLM",
+    "Backend", "BudgetExhausted",
+    "CodeRan",
+    "Compacted",
+    "Completion",
+    "ConfigError",
+    "ContextLengthExceeded",
+    "Event",
+    "Finished",
+    "LlamaCppServer",
+    "ManagedServer",
+    "Mode",
+    "ModelClient",
+    "ModelError",
+    "ModelPrice",
+    "ModelReplied",
+    "OnEvent",
+    "RLMConfig",
+    "RLMError",
+    "Result",
+    "RunEvent",
+    "Sample",
+    "SandboxError",
+    "SandboxPool",
+    "ServerStartError",
+    "Status",
+    "SubCall",
+    "SubCallDone",
+    "TaskRun",
+    "Timings",
+    "TokenUsage",
+    "TrainingRollout",
+    "TreeBudget",
+    "Turn",
+    "TurnErrorKind",
+    "TurnStarted",
+    "Usage",
+    "VLLMServer",
+    "arun",
+    "arun_events",
+    "complete_once",
+    "rollout",
+    "rollout_group",
+    "run",
+    "run_task",
+    "solve_task",
+    "task_config",
+    "to_samples",
 ]

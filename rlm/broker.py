@@ -15,7 +15,8 @@ from typing import Any
 
 from sandbox import Reply, valid_text
 
-from .errors import RLMError
+from .errors import BudgetExhausted, RLMError
+from .events import SubCallDone, head
 from .models import Completion, ModelClient
 from .packages import PackageInstaller
 from .state import RunState
@@ -24,8 +25,8 @@ from .trajectory import Result, SubCall
 
 log = logging.getLogger("rlm")
 
-#: Runs `prompt` as a nested RLM one level down; supplied by the controller for depth > 1.
-SpawnChild = Callable[[str], Awaitable[Result]]
+#: Runs `prompt` as a nested RLM one level below `parent`; supplied by the controller for depth > 1.
+SpawnChild = Callable[[str, RunState], Awaitable[Result]]
 Handler = Callable[[dict[str, Any]], Awaitable[Reply]]
 
 
@@ -39,7 +40,6 @@ class Broker:
         self.spawn_child = spawn_child
         self.toolbox = Toolbox(config.sub_tools)
         self.installer = PackageInstaller(config.allow_pip, config.wheelhouse, config.request_timeout)
-        self._limit = asyncio.Semaphore(config.max_sub_concurrency)
         self.handlers: dict[str, Handler] = {"llm_batch": self.llm_batch, "pip_install": self.pip_install}
 
     async def handle(self, request: dict[str, Any]) -> Reply:
@@ -70,12 +70,10 @@ class Broker:
                                 f"{too_long[:10]}")
         if config.max_depth == 0:
             return Reply.failed("llm_batch is disabled in this run (max_depth=0): solve it with code alone")
-        budget = self.run.budget
-        if not budget.take(len(prompts)):
-            return Reply.failed(
-                f"sub-call budget exhausted: {budget.used} of {budget.limit} used, "
-                f"{len(prompts)} more asked; no further llm_batch calls will run"
-            )
+        refusal = self.run.budget.take_sub_calls(len(prompts))
+        if refusal is not None:
+            self.run.refused = True
+            return Reply.failed(refusal)
         return Reply(result=await asyncio.gather(*(self._one(prompt) for prompt in prompts)))
 
     def _recorded(self, prompt: str) -> str:
@@ -93,22 +91,23 @@ class Broker:
         record = SubCall(turn=run.turn, depth=run.depth + 1, prompt=self._recorded(prompt))
         run.result.sub_calls.append(record)
         started = time.monotonic()
-        async with self._limit:
-            try:
-                if run.config.max_depth > 1 and self.spawn_child is not None:
-                    await self._nested(prompt, record)
-                else:
-                    await asyncio.wait_for(self._complete(prompt, record), run.config.request_timeout)
-            except Exception as exc:  # a sub-call's failure is its slot's error, never the run's
-                record.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                if not isinstance(exc, (RLMError, TimeoutError)):
-                    log.exception("sub-call failed unexpectedly")
+        try:
+            if run.config.max_depth > 1 and self.spawn_child is not None:
+                await self._nested(prompt, record)  # holds no request slot: its own requests take them
+            else:
+                await asyncio.wait_for(self._complete(prompt, record), run.config.request_timeout)
+        except Exception as exc:  # a sub-call's failure is its slot's error, never the run's
+            record.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if not isinstance(exc, (RLMError, TimeoutError)):
+                log.exception("sub-call failed unexpectedly")
         record.latency = time.monotonic() - started
+        run.emit(SubCallDone(turn=record.turn, prompt=head(prompt), completion=head(record.completion),
+                             error=record.error, latency=record.latency))
         return f"[error] {record.error}" if record.error else record.completion
 
     async def _nested(self, prompt: str, record: SubCall) -> None:
         assert self.spawn_child is not None
-        child = await self.spawn_child(prompt)
+        child = await self.spawn_child(prompt, self.run)
         record.child = child
         record.completion = child.answer
         record.usage.add(child.usage.root)
@@ -118,13 +117,22 @@ class Broker:
             record.error = f"nested run ended with status {child.status}: {child.error or ''}".rstrip(": ")
 
     async def _complete(self, prompt: str, record: SubCall) -> None:
-        """A plain sub-LLM call, through the run's tools for up to `sub_max_turns` replies."""
-        def count(completion: Completion) -> None:
-            record.usage.add(completion.usage)
-            self.run.result.usage.record("sub", self.run.depth + 1, self.client.model, completion.usage)
+        """A plain sub-LLM call, through the run's tools for up to `sub_max_turns` replies; each
+        request holds a slot of the tree's concurrency and is charged to its budget."""
+        run = self.run
 
-        max_turns = self.run.config.sub_max_turns
-        record.completion, record.tool_calls, finished = await self.toolbox.converse(
-            self.client, prompt, max_turns, count)
+        async def complete(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> Completion:
+            spent = run.budget.spent()
+            if spent is not None:
+                raise BudgetExhausted(spent)
+            async with run.budget.slot(run.depth + 1):
+                completion = await self.client.complete(messages, tools=tools)
+            record.usage.add(completion.usage)
+            run.result.usage.record("sub", run.depth + 1, self.client.model, completion.usage)
+            run.budget.charge(self.client.model, completion.usage)
+            return completion
+
+        max_turns = run.config.sub_max_turns
+        record.completion, record.tool_calls, finished = await self.toolbox.converse(complete, prompt, max_turns)
         if not finished:
             record.error = f"sub-LLM still calling tools after {max_turns} turns"

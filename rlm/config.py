@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from sandbox import Backend
 
+from .budget import ModelPrice
 from .errors import ConfigError
 
 CodeFormat = Literal["fenced", "tool"]
@@ -47,8 +48,15 @@ class RLMConfig(BaseModel):
 
     max_turns: int = Field(default=20, ge=1, description="Root-model replies in all.")
     max_root_tokens: int | None = Field(default=None, ge=1)
-    max_sub_calls: int | None = Field(default=1000, ge=0)
-    max_sub_concurrency: int = Field(default=16, ge=1)
+    max_sub_calls: int | None = Field(default=1000, ge=0,
+                                      description="Sub-LLM prompts in all, shared by the whole call tree.")
+    max_total_tokens: int | None = Field(default=None, ge=1,
+                                         description="Tokens of every model call in the call tree.")
+    max_cost: float | None = Field(default=None, gt=0, description="Dollars for the call tree, at `prices`.")
+    prices: dict[str, ModelPrice] = Field(default_factory=dict,
+                                          description="Dollars per million input/output tokens, per model name.")
+    max_sub_concurrency: int = Field(default=16, ge=1, description="Model requests in flight at one depth.")
+    max_concurrency: int = Field(default=32, ge=1, description="Model requests in flight in the whole call tree.")
     max_depth: int = Field(default=1, ge=0, description="Recursion depth: 0 no llm_batch, 1 plain sub-LLMs.")
     timeout: float | None = Field(default=1800.0, gt=0, description="Whole run, seconds.")
     exec_timeout: float = Field(default=300.0, gt=0, description="One REPL execution, seconds.")
@@ -80,6 +88,10 @@ class RLMConfig(BaseModel):
     def _resolve(self) -> RLMConfig:
         if not self.model:
             raise ConfigError("no model given: pass model=... or set RLM_MODEL")
+        if self.max_cost is not None:
+            unpriced = sorted({self.model, self.resolved_sub_model} - set(self.prices))
+            if unpriced:
+                raise ConfigError(f"max_cost needs a price for every model: none for {', '.join(unpriced)}")
         if self.api_key is None:
             self.api_key = os.environ.get("OPENAI_API_KEY")
         return self

@@ -14,9 +14,11 @@ from sandbox import Sandbox, SandboxError, SandboxPool, create_sandbox
 
 from . import prompts
 from .broker import Broker
+from .budget import TreeBudget
 from .config import RLMConfig
 from .data import DataFile
 from .errors import ModelError
+from .events import CodeRan, Finished, ModelReplied, OnEvent, TurnStarted
 from .models import Completion, ModelClient
 from .repl import AnswerReading, AnswerReplaced, AnswerState, BlockRun, Repl
 from .state import RunState
@@ -26,35 +28,42 @@ log = logging.getLogger("rlm")
 
 
 class Controller:
-    """Runs RLM rollouts with one configuration at one depth."""
+    """Runs RLM rollouts with one configuration at one depth; a nested controller shares its
+    parent's `TreeBudget`."""
 
-    def __init__(self, config: RLMConfig, *, depth: int = 0) -> None:
+    def __init__(self, config: RLMConfig, *, depth: int = 0, budget: TreeBudget | None = None) -> None:
         self.config = config
         self.depth = depth
+        self.budget = budget
 
-    async def run(self, prompt: str, data: Any = None, *, pool: SandboxPool | None = None) -> Result:
+    async def run(self, prompt: str, data: Any = None, *, pool: SandboxPool | None = None,
+                  on_event: OnEvent | None = None) -> Result:
         """One rollout over `data`; a sandbox comes from `pool` when given (and the data needs
-        no mount). Failures end the run with a status and `Result.error`, never an exception."""
+        no mount); `on_event` gets its events as they happen. Failures end the run with a status
+        and `Result.error`, never an exception."""
         config = self.config
         started = time.monotonic()
-        run = RunState.new(config, data, depth=self.depth)
+        run = RunState.new(config, data, depth=self.depth, budget=self.budget, on_event=on_event)
         result = run.result
         root = ModelClient.from_config(config, "root")
         sub = ModelClient.from_config(config, "sub")
         broker = Broker(run, sub, spawn_child=self._spawn_child)
         try:
-            async with asyncio.timeout(config.timeout):
+            async with asyncio.timeout(run.budget.remaining_seconds()):
                 async with self._sandbox(run.data_file, pool) as sandbox:
                     result.timings.sandbox_start = time.monotonic() - started
                     run.sandbox, run.repl = sandbox, Repl(sandbox, run.data_file, config)
                     packages = await run.repl.install()
                     context = prompts.describe_context(run.data_file.preview_source(), run.data_file.kind,
                                                        run.data_file.size, config.preview_chars)
-                    system = prompts.system_prompt(config, context, packages)
+                    system = prompts.system_prompt(config, context, packages,
+                                                    run.budget.describe(whole=self.budget is None))
                     result.messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
                     await self._loop(run, root, broker)
         except TimeoutError:
-            result.status, result.error = "timeout", f"the run exceeded its {config.timeout:g}s timeout"
+            result.status = "timeout"
+            result.error = (f"the run exceeded its {config.timeout:g}s timeout" if self.budget is None
+                            else "the call tree's timeout ran out")
         except (ModelError, SandboxError) as exc:
             result.status, result.error = "error", f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # a bug of ours must not lose the run: record it, keep the result
@@ -65,6 +74,7 @@ class Controller:
             await sub.close()
             result.timings.total = time.monotonic() - started
         log.info("done: %s", result.summary())
+        run.emit(Finished(result=result))
         return result
 
     @contextlib.asynccontextmanager
@@ -87,17 +97,22 @@ class Controller:
         finally:
             await sandbox.close()
 
-    async def _spawn_child(self, prompt: str) -> Result:
-        return await Controller(self.config.child(), depth=self.depth + 1).run(prompt)
+    async def _spawn_child(self, prompt: str, parent: RunState) -> Result:
+        child = Controller(self.config.child(), depth=parent.depth + 1, budget=parent.budget)
+        return await child.run(prompt, on_event=parent.on_event)
 
     async def _loop(self, run: RunState, root: ModelClient, broker: Broker) -> None:
         config, result = run.config, run.result
         tools = [prompts.PYTHON_TOOL] if config.code_format == "tool" else None
         for index in range(1, config.max_turns + 1):
             run.turn = index
+            run.emit(TurnStarted())
             turn_started = time.monotonic()
-            completion = await root.complete(result.messages, tools=tools)
+            async with run.budget.slot(run.depth):
+                completion = await root.complete(result.messages, tools=tools)
             result.usage.record("root", run.depth, root.model, completion.usage)
+            run.budget.charge(root.model, completion.usage)
+            run.emit(ModelReplied(content=completion.content, usage=completion.usage))
             result.timings.model += completion.latency
             result.messages.append(completion.as_message())
             turn = Turn(index=index, assistant=completion.content, usage=completion.usage,
@@ -120,13 +135,17 @@ class Controller:
             if config.max_root_tokens is not None and result.usage.root.total_tokens >= config.max_root_tokens:
                 result.status, result.error = "budget", f"root-model token budget ({config.max_root_tokens}) spent"
                 return
-            if run.budget.refused:
+            spent = run.budget.spent()
+            if spent is not None:
+                result.status, result.error = "budget", spent
+                return
+            if run.refused:
                 if run.budget_warned:
                     result.status, result.error = "budget", "sub-call budget spent"
                     return
                 run.budget_warned = True
                 result.messages.append({"role": "user", "content": prompts.BUDGET_NOTE})
-            note = prompts.turns_left_note(index, config.max_turns)
+            note = prompts.turns_left_note(index, config.max_turns, run.budget.describe())
             if note:
                 _append_note(result.messages, note)
         result.status = "max_turns"
@@ -153,6 +172,7 @@ class Controller:
                 turn.code.append(code)
                 last = await repl.run(code, broker.handle)
                 text = self._record_block(last, turn)
+                run.emit(CodeRan(code=code, output=text, error=turn.error))
                 if last.lost_state:
                     await repl.install(answer_content=run.content)
             if call_id is not None:

@@ -31,5 +31,9 @@ class ContextLengthExceeded(ModelError):
     """The prompt does not fit the model's context window."""
 
 
+class BudgetExhausted(RLMError):
+    """The call tree's token or cost budget is spent: no further model request is made."""
+
+
 class ServerStartError(RLMError):
     """A managed model server did not come up (missing binary, crash while loading, timeout)."""

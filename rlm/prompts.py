@@ -101,7 +101,7 @@ def describe_context(data: Any, kind: str, size: int, preview_chars: int) -> str
     return text
 
 
-def system_prompt(config: RLMConfig, context_description: str, packages: list[str]) -> str:
+def system_prompt(config: RLMConfig, context_description: str, packages: list[str], budget_left: str = "") -> str:
     llm_batch_text = _LLM_BATCH[min(config.max_depth, 1)]
     if config.max_depth > 1:
         llm_batch_text += _NESTED.format(depth=config.max_depth - 1)
@@ -109,12 +109,10 @@ def system_prompt(config: RLMConfig, context_description: str, packages: list[st
               f"- `answer[\"content\"]` holds at most {config.max_answer_chars:,} characters; the rest is cut."]
     if config.max_depth:
         limits.append(f"- Each sub-LLM prompt holds at most {config.max_prompt_chars:,} characters.")
-    if config.max_sub_calls is not None and config.max_depth:
-        limits.append(f"- {config.max_sub_calls} sub-LLM prompts in all.")
+    if budget_left:
+        limits.append(f"- Budget: {budget_left}; a sub-LLM prompt past it fails.")
     if config.max_root_tokens is not None:
         limits.append(f"- {config.max_root_tokens:,} tokens for this conversation.")
-    if config.timeout is not None:
-        limits.append(f"- {config.timeout:g} seconds of wall time for the whole run.")
     tips = f"\n## Tips\n{config.tips.strip()}\n" if config.tips else ""
     return SYSTEM_TEMPLATE.format(
         protocol=_PROTOCOL[config.code_format],
@@ -154,13 +152,15 @@ def tool_call_code(call: dict[str, Any]) -> str | None:
     return code if isinstance(code, str) else None
 
 
-def turns_left_note(turn: int, max_turns: int) -> str:
+def turns_left_note(turn: int, max_turns: int, budget_left: str = "") -> str:
+    """What is left after this turn: turns, and the call tree's budget when limits are set."""
     left = max_turns - turn
     if left <= 0:
         return ""
+    budget = f"; {budget_left}" if budget_left else ""
     if left == 1:
-        return "[1 turn left: set answer[\"ready\"] = True in your next reply.]"
-    return f"[{left} turns left]"
+        return f"[1 turn left{budget}: set answer[\"ready\"] = True in your next reply.]"
+    return f"[{left} turns left{budget}]"
 
 
 NO_CODE_NUDGE = (

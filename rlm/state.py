@@ -3,32 +3,20 @@ broker share, instead of values threaded through parameters and set from outside
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from sandbox import Sandbox
 
+from .budget import TreeBudget
 from .config import RLMConfig
 from .data import DataFile
+from .events import OnEvent, RunEvent
 from .repl import Repl
 from .trajectory import Result
 
-
-@dataclass
-class SubCallBudget:
-    """Sub-LLM prompts a run may still send; `refused` once a batch was turned away."""
-
-    limit: int | None
-    used: int = 0
-    refused: bool = False
-
-    def take(self, count: int) -> bool:
-        """Spend `count` prompts, or refuse them all (and remember the refusal)."""
-        if self.limit is not None and self.used + count > self.limit:
-            self.refused = True
-            return False
-        self.used += count
-        return True
+log = logging.getLogger("rlm")
 
 
 @dataclass
@@ -39,20 +27,41 @@ class RunState:
     depth: int
     result: Result
     data_file: DataFile
-    budget: SubCallBudget
+    #: Shared with every run nested under this one's root.
+    budget: TreeBudget
+    on_event: OnEvent | None = None
     sandbox: Sandbox | None = None
     repl: Repl | None = None
     #: The current turn's index (1-based; 0 before the first).
     turn: int = 0
     #: `answer["content"]` as last read.
     content: str = ""
-    #: Whether the model was told the sub-call budget is spent.
+    #: Whether a batch was refused for budget, and whether the model was told.
+    refused: bool = False
     budget_warned: bool = False
     #: Sub-call prompt text kept in the result so far (bounded by `max_recorded_chars`).
     recorded_chars: int = 0
 
     @classmethod
-    def new(cls, config: RLMConfig, data: Any = None, *, depth: int = 0) -> RunState:
-        """The state of a run about to start (raises `ConfigError` for data it cannot take)."""
+    def new(cls, config: RLMConfig, data: Any = None, *, depth: int = 0, budget: TreeBudget | None = None,
+            on_event: OnEvent | None = None) -> RunState:
+        """The state of a run about to start: a top-level run makes the tree's budget, a nested
+        one shares its parent's. Raises `ConfigError` for data it cannot take."""
         return cls(config=config, depth=depth, result=Result(model=config.model, sub_model=config.resolved_sub_model),
-                   data_file=DataFile(data), budget=SubCallBudget(config.max_sub_calls))
+                   data_file=DataFile(data), budget=budget or tree_budget(config), on_event=on_event)
+
+    def emit(self, event: RunEvent) -> None:
+        """Hand an event of this run to the listener; a listener's failure is logged, never the run's."""
+        if self.on_event is None:
+            return
+        event.depth, event.turn = self.depth, event.turn or self.turn
+        try:
+            self.on_event(event)
+        except Exception:
+            log.exception("an on_event listener failed")
+
+
+def tree_budget(config: RLMConfig) -> TreeBudget:
+    return TreeBudget(max_sub_calls=config.max_sub_calls, max_total_tokens=config.max_total_tokens,
+                      max_cost=config.max_cost, prices=config.prices, timeout=config.timeout,
+                      max_concurrency=config.max_concurrency, max_depth_concurrency=config.max_sub_concurrency)

@@ -89,6 +89,9 @@ class ScriptedServer:
         self.headers: list[dict[str, str]] = []  # per POST, names lower-cased
         self.in_flight = 0
         self.peak_in_flight = 0
+        #: Requests of any kind (root and sub) being answered, and their peak.
+        self.requests_in_flight = 0
+        self.peak_requests_in_flight = 0
         self.hold_until_in_flight = hold_until_in_flight
         self.hold_timeout = hold_timeout
         self._lock = threading.Lock()
@@ -129,6 +132,8 @@ class ScriptedServer:
         root = is_root(request, self.root_marker)
         with self._lock:
             self.requests.append(request)
+            self.requests_in_flight += 1
+            self.peak_requests_in_flight = max(self.peak_requests_in_flight, self.requests_in_flight)
             if not root:
                 self.in_flight += 1
                 self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
@@ -141,8 +146,9 @@ class ScriptedServer:
                 time.sleep(self.root_latency if root else self.sub_latency)
                 reply = self._next_root(request) if root else self._sub(request)
         finally:
-            if not root:
-                with self._lock:
+            with self._lock:
+                self.requests_in_flight -= 1
+                if not root:
                     self.in_flight -= 1
         return _completion(request, reply)
 

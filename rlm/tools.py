@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, get_type_hints
 
-from .models import Completion, ModelClient
+from .models import Completion
+
+#: One chat completion of `messages`, offering `tools`.
+Complete = Callable[[list[dict[str, Any]], list[dict[str, Any]] | None], Awaitable[Completion]]
 
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
 
@@ -54,16 +57,15 @@ class Toolbox:
             return f"error: {type(exc).__name__}: {exc}"
         return value if isinstance(value, str) else json.dumps(value, default=str)
 
-    async def converse(self, client: ModelClient, prompt: str, max_turns: int,
-                       on_completion: Callable[[Completion], None]) -> tuple[str, int, bool]:
-        """Ask `prompt`, running the tools the model calls, for up to `max_turns` replies.
-        Returns the last content, the number of tool calls, and whether the model finished."""
+    async def converse(self, complete: Complete, prompt: str, max_turns: int) -> tuple[str, int, bool]:
+        """Ask `prompt` through `complete`, running the tools the model calls, for up to
+        `max_turns` replies. Returns the last content, the number of tool calls, and whether
+        the model finished."""
         messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
         calls = 0
         content = ""
         for _ in range(max_turns):
-            completion = await client.complete(messages, tools=self.schemas or None)
-            on_completion(completion)
+            completion = await complete(messages, self.schemas or None)
             content = completion.content
             if not completion.tool_calls:
                 return content, calls, True
