@@ -22,9 +22,10 @@ from .errors import BudgetExhausted, ConfigError, ContextLengthExceeded, ModelEr
 from .events import CodeRan, Compacted, Finished, ModelReplied, OnEvent, RunEvent, SubCallDone, TurnStarted, stream
 from .models import Completion, ModelClient
 from .serving import LlamaCppServer, ManagedServer, VLLMServer
+from .session import Session
 from .tasks import MODES, Mode, TaskRun, complete_once, run_task, solve_task, task_config
 from .training import Sample, TrainingRollout, rollout, rollout_group, to_samples
-from .trajectory import Event, Result, Status, SubCall, Timings, TokenUsage, Turn, TurnErrorKind, Usage
+from .trajectory import Compaction, Event, Result, Status, SubCall, Timings, TokenUsage, Turn, TurnErrorKind, Usage
 
 __version__ = "0.1.0"
 
@@ -91,7 +92,7 @@ __all__ = [
     "RLM",
     "Backend", "BudgetExhausted",
     "CodeRan",
-    "Compacted",
+    "Compacted", "Compaction",
     "Completion",
     "ConfigError",
     "ContextLengthExceeded",
@@ -112,7 +113,7 @@ __all__ = [
     "Sample",
     "SandboxError",
     "SandboxPool",
-    "ServerStartError",
+    "ServerStartError", "Session",
     "Status",
     "SubCall",
     "SubCallDone",

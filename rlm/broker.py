@@ -18,7 +18,6 @@ from sandbox import Reply, valid_text
 from .errors import BudgetExhausted, RLMError
 from .events import SubCallDone, head
 from .models import Completion, ModelClient
-from .packages import PackageInstaller
 from .state import RunState
 from .tools import Toolbox
 from .trajectory import Result, SubCall
@@ -39,7 +38,6 @@ class Broker:
         self.client = client
         self.spawn_child = spawn_child
         self.toolbox = Toolbox(config.sub_tools)
-        self.installer = PackageInstaller(config.allow_pip, config.wheelhouse, config.request_timeout)
         self.handlers: dict[str, Handler] = {"llm_batch": self.llm_batch, "pip_install": self.pip_install}
 
     async def handle(self, request: dict[str, Any]) -> Reply:
@@ -51,10 +49,10 @@ class Broker:
         return await handler(request)
 
     async def pip_install(self, request: dict[str, Any]) -> Reply:
-        sandbox = self.run.sandbox
-        if sandbox is None:
+        conversation = self.run.conversation
+        if conversation.sandbox is None:
             return Reply.failed("no sandbox to deliver packages to")
-        return await self.installer.install(request.get("packages"), sandbox.delivery)
+        return await conversation.installer.install(request.get("packages"), conversation.sandbox.delivery)
 
     async def llm_batch(self, request: dict[str, Any]) -> Reply:
         config = self.run.config

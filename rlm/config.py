@@ -73,6 +73,14 @@ class RLMConfig(BaseModel):
     sub_tools: list[Callable[..., Any]] = Field(default_factory=list)
     sub_max_turns: int = Field(default=8, ge=1)
 
+    compaction: Literal["summarize", "drop"] | None = Field(
+        default=None, description="Replace older root turns when the conversation grows past compact_at.")
+    compact_at: float = Field(default=0.8, gt=0, description="Tokens (> 1), or a fraction of context_window.")
+    keep_turns: int = Field(default=2, ge=0, description="Latest turns a compaction keeps as they are.")
+    summary_model: str | None = Field(default=None, description="Model that writes summaries (default: root).")
+    context_window: int | None = Field(default=None, ge=1,
+                                       description="The root model's context, when its server does not report it.")
+
     temperature: float | None = None
     max_tokens: int | None = Field(default=None, description="Per root completion.")
     extra_body: dict[str, Any] = Field(default_factory=dict)

@@ -4,23 +4,23 @@ until `answer["ready"]` or a budget ends the run. Knows no sandbox backend and n
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from typing import Any
 
-from sandbox import Sandbox, SandboxError, SandboxPool, create_sandbox
+from sandbox import SandboxError, SandboxPool
 
 from . import prompts
 from .broker import Broker
 from .budget import TreeBudget
+from .compaction import Compactor
 from .config import RLMConfig
-from .data import DataFile
+from .conversation import Conversation
 from .errors import ModelError
 from .events import CodeRan, Finished, ModelReplied, OnEvent, TurnStarted
 from .models import Completion, ModelClient
-from .repl import AnswerReading, AnswerReplaced, AnswerState, BlockRun, Repl
+from .repl import AnswerReading, AnswerReplaced, AnswerState, BlockRun
 from .state import RunState
 from .trajectory import Event, Result, Turn
 
@@ -28,7 +28,7 @@ log = logging.getLogger("rlm")
 
 
 class Controller:
-    """Runs RLM rollouts with one configuration at one depth; a nested controller shares its
+    """Runs RLM questions with one configuration at one depth; a nested controller shares its
     parent's `TreeBudget`."""
 
     def __init__(self, config: RLMConfig, *, depth: int = 0, budget: TreeBudget | None = None) -> None:
@@ -38,28 +38,39 @@ class Controller:
 
     async def run(self, prompt: str, data: Any = None, *, pool: SandboxPool | None = None,
                   on_event: OnEvent | None = None) -> Result:
-        """One rollout over `data`; a sandbox comes from `pool` when given (and the data needs
-        no mount); `on_event` gets its events as they happen. Failures end the run with a status
-        and `Result.error`, never an exception."""
+        """One rollout over `data`: a conversation of one question. A sandbox comes from `pool`
+        when given (and the data needs no mount); `on_event` gets its events as they happen.
+        Failures end the run with a status and `Result.error`, never an exception."""
+        conversation = Conversation(self.config, data, pool=pool)
+        try:
+            return await self.ask(conversation, prompt, on_event=on_event)
+        finally:
+            await conversation.close()
+
+    async def ask(self, conversation: Conversation, prompt: str, *, on_event: OnEvent | None = None,
+                  state: Callable[[RunState], None] | None = None) -> Result:
+        """Ask one question in `conversation` (started on the first); `state` sees the run's
+        state before it starts (a session keeps it, to interrupt)."""
         config = self.config
         started = time.monotonic()
-        run = RunState.new(config, data, depth=self.depth, budget=self.budget, on_event=on_event)
+        run = RunState.new(config, conversation, depth=self.depth, budget=self.budget, on_event=on_event)
+        if state is not None:
+            state(run)
         result = run.result
         root = ModelClient.from_config(config, "root")
         sub = ModelClient.from_config(config, "sub")
         broker = Broker(run, sub, spawn_child=self._spawn_child)
         try:
             async with asyncio.timeout(run.budget.remaining_seconds()):
-                async with self._sandbox(run.data_file, pool) as sandbox:
+                if conversation.started:
+                    assert conversation.repl is not None
+                    await conversation.repl.next_question()
+                else:
+                    await conversation.start(run.budget.describe(whole=self.budget is None))
                     result.timings.sandbox_start = time.monotonic() - started
-                    run.sandbox, run.repl = sandbox, Repl(sandbox, run.data_file, config)
-                    packages = await run.repl.install()
-                    context = prompts.describe_context(run.data_file.preview_source(), run.data_file.kind,
-                                                       run.data_file.size, config.preview_chars)
-                    system = prompts.system_prompt(config, context, packages,
-                                                    run.budget.describe(whole=self.budget is None))
-                    result.messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
-                    await self._loop(run, root, broker)
+                run.question = len(conversation.messages)
+                conversation.append({"role": "user", "content": prompt})
+                await self._loop(run, root, broker)
         except TimeoutError:
             result.status = "timeout"
             result.error = (f"the run exceeded its {config.timeout:g}s timeout" if self.budget is None
@@ -72,53 +83,39 @@ class Controller:
         finally:
             await root.close()
             await sub.close()
+            result.messages = list(conversation.messages)
             result.timings.total = time.monotonic() - started
+        conversation.answers.append(result.answer)
         log.info("done: %s", result.summary())
         run.emit(Finished(result=result))
         return result
-
-    @contextlib.asynccontextmanager
-    async def _sandbox(self, data_file: DataFile, pool: SandboxPool | None) -> AsyncIterator[Sandbox]:
-        """A started sandbox for this run: from the warm pool when there is one and the data
-        needs no mount (mounts are fixed when a sandbox starts), else a new one."""
-        if pool is not None and not data_file.mounts:
-            sandbox = await pool.acquire()
-        else:
-            options = dict(self.config.sandbox_options)
-            options["mounts"] = [*options.get("mounts", ()), *data_file.mounts]
-            sandbox = create_sandbox(self.config.sandbox, **options)
-            try:
-                await sandbox.start()
-            except BaseException:
-                await sandbox.close()
-                raise
-        try:
-            yield sandbox
-        finally:
-            await sandbox.close()
 
     async def _spawn_child(self, prompt: str, parent: RunState) -> Result:
         child = Controller(self.config.child(), depth=parent.depth + 1, budget=parent.budget)
         return await child.run(prompt, on_event=parent.on_event)
 
     async def _loop(self, run: RunState, root: ModelClient, broker: Broker) -> None:
-        config, result = run.config, run.result
+        config, result, conversation = run.config, run.result, run.conversation
         tools = [prompts.PYTHON_TOOL] if config.code_format == "tool" else None
+        compactor = Compactor(config, root) if config.compaction else None
         for index in range(1, config.max_turns + 1):
             run.turn = index
             run.emit(TurnStarted())
             turn_started = time.monotonic()
+            compacted = compactor is not None and await compactor.maybe_compact(run)
             async with run.budget.slot(run.depth):
-                completion = await root.complete(result.messages, tools=tools)
+                completion = await root.complete(conversation.messages, tools=tools)
             result.usage.record("root", run.depth, root.model, completion.usage)
             run.budget.charge(root.model, completion.usage)
+            if compactor is not None:
+                compactor.counted(run, completion, len(conversation.messages))
             run.emit(ModelReplied(content=completion.content, usage=completion.usage))
             result.timings.model += completion.latency
-            result.messages.append(completion.as_message())
+            conversation.append(completion.as_message())
             turn = Turn(index=index, assistant=completion.content, usage=completion.usage,
                         tokens=completion.tokens, logprobs=completion.logprobs,
                         prompt_ids=completion.prompt_ids, completion_ids=completion.completion_ids,
-                        model_seconds=completion.latency)
+                        model_seconds=completion.latency, compacted=compacted)
             result.turns.append(turn)
             exec_started = time.monotonic()
             state = await self._execute_reply(run, broker, completion, turn)
@@ -132,6 +129,9 @@ class Controller:
             if state is not None and state.ready:
                 result.status = "ready"
                 return
+            if run.interrupted:
+                result.status, result.error = "interrupted", "interrupted by the user"
+                return
             if config.max_root_tokens is not None and result.usage.root.total_tokens >= config.max_root_tokens:
                 result.status, result.error = "budget", f"root-model token budget ({config.max_root_tokens}) spent"
                 return
@@ -144,23 +144,23 @@ class Controller:
                     result.status, result.error = "budget", "sub-call budget spent"
                     return
                 run.budget_warned = True
-                result.messages.append({"role": "user", "content": prompts.BUDGET_NOTE})
+                conversation.append({"role": "user", "content": prompts.BUDGET_NOTE})
             note = prompts.turns_left_note(index, config.max_turns, run.budget.describe())
             if note:
-                _append_note(result.messages, note)
+                conversation.note(note)
         result.status = "max_turns"
 
     async def _execute_reply(self, run: RunState, broker: Broker, completion: Completion,
                              turn: Turn) -> AnswerState | None:
         """Run the code of one reply, append the feedback messages; returns the answer state."""
-        config, messages, repl = run.config, run.result.messages, run.repl
+        config, conversation, repl = run.config, run.conversation, run.conversation.repl
         assert repl is not None
         if config.code_format == "tool":
             blocks = [(call["id"], prompts.tool_call_code(call)) for call in completion.tool_calls]
         else:
             blocks = [(None, code) for code in prompts.extract_code(completion.content)]
         if not blocks:
-            messages.append({"role": "user", "content": prompts.nudge(config)})
+            conversation.append({"role": "user", "content": prompts.nudge(config)})
             turn.error, turn.error_kind = "no code", "no_code"
             return None
         feedback: list[str] = []
@@ -174,9 +174,10 @@ class Controller:
                 text = self._record_block(last, turn)
                 run.emit(CodeRan(code=code, output=text, error=turn.error))
                 if last.lost_state:
-                    await repl.install(answer_content=run.content)
+                    await repl.install(answer_content=run.content, answers=conversation.answers,
+                                       history=conversation.transcript_json() if run.result.compactions else None)
             if call_id is not None:
-                messages.append({"role": "tool", "tool_call_id": call_id, "content": text})
+                conversation.append({"role": "tool", "tool_call_id": call_id, "content": text})
             feedback.append(text)
             if turn.error_kind is not None or (last is not None and isinstance(last.answer, AnswerState)
                                                and last.answer.ready):
@@ -185,11 +186,11 @@ class Controller:
         skipped = blocks[len(feedback):]
         if config.code_format == "tool":
             for call_id, _ in skipped:  # the API wants an answer to every tool call
-                messages.append({"role": "tool", "tool_call_id": call_id, "content": prompts.NOT_RUN})
+                conversation.append({"role": "tool", "tool_call_id": call_id, "content": prompts.NOT_RUN})
         else:
             if skipped:
                 feedback.append(f"[{len(skipped)} later code block(s) not run: {prompts.NOT_RUN}]")
-            messages.append({"role": "user", "content": "\n".join(feedback)})
+            conversation.append({"role": "user", "content": "\n".join(feedback)})
         raw, reading = (last.raw_answer, last.answer) if last is not None and last.raw_answer is not None \
             else await repl.read_answer()
         return await self._check_answer(run, raw, reading, turn)
@@ -221,32 +222,24 @@ class Controller:
                             turn: Turn) -> AnswerState | None:
         """Check what the kernel reported about `answer`; it may be hostile, so anything off is
         an event and a note to the model, never an exception."""
-        messages, repl = run.result.messages, run.repl
+        conversation, repl = run.conversation, run.conversation.repl
         assert repl is not None
         if isinstance(reading, AnswerReplaced):
-            _append_note(messages, prompts.ANSWER_NOT_DICT.format(kind=reading.kind))
+            conversation.note(prompts.ANSWER_NOT_DICT.format(kind=reading.kind))
             await repl.reset_answer(run.content)
             return None
         if reading is None:
             if raw is not None or not turn.restarted:
                 turn.events.append(Event(kind="state_unreadable", detail=f"answer state: {str(raw)[:200]!r}"))
-                _append_note(messages, prompts.STATE_UNREADABLE)
+                conversation.note(prompts.STATE_UNREADABLE)
             return None
         limit = run.config.max_answer_chars
         if reading.length > limit or len(reading.content) > limit:
             length = max(reading.length, len(reading.content))
             turn.events.append(Event(kind="answer_cut", detail=f"{length:,} characters, limit {limit:,}"))
-            _append_note(messages, prompts.ANSWER_CUT.format(length=length, limit=limit))
+            conversation.note(prompts.ANSWER_CUT.format(length=length, limit=limit))
             reading = AnswerState(reading.content[:limit], reading.length, reading.ready)
         return reading
-
-
-def _append_note(messages: list[dict[str, Any]], note: str) -> None:
-    """Add a note to the last feedback message (tool results get their own user message)."""
-    if messages[-1]["role"] == "user":
-        messages[-1]["content"] += "\n" + note
-    else:
-        messages.append({"role": "user", "content": note})
 
 
 def _log_turn(turn: Turn) -> None:

@@ -132,5 +132,18 @@ class ModelClient:
             completion_ids=getattr(choice, "token_ids", None),
         )
 
+    async def context_window(self) -> int | None:
+        """The model's context length as its server reports it (vLLM: `max_model_len` in
+        /v1/models), or None when it does not."""
+        try:
+            page = await self._client.models.list()
+        except openai.OpenAIError:
+            return None
+        for model in page.data:
+            if model.id == self.model:
+                value = (model.model_extra or {}).get("max_model_len")
+                return value if isinstance(value, int) else None
+        return None
+
     async def close(self) -> None:
         await self._client.close()

@@ -70,9 +70,11 @@ class Repl:
         self.data_file = data_file
         self.config = config
 
-    async def install(self, answer_content: str = "") -> list[str]:
+    async def install(self, answer_content: str = "", answers: list[str] | None = None,
+                      history: bytes | None = None) -> list[str]:
         """Load the runtime, `answer` and the data into a fresh kernel; returns the installed
-        packages. `answer_content` restores the last answer after a crash."""
+        packages. After a crash, `answer_content`, the earlier questions' `answers` and the
+        `history` transcript (JSON) restore what the REPL held."""
         limits = runtime.Limits(answer_chars=self.config.max_answer_chars, prompt_chars=self.config.max_prompt_chars,
                                 request_bytes=self.sandbox.limits.message_bytes)
         where = self.data_file.location(self.sandbox)
@@ -82,6 +84,8 @@ class Repl:
                 + f"from {MODULE} import {', '.join(runtime.USER_NAMES)}\n"
                 + f"{_REF}.{runtime.configure.__name__}({_REF}.{limits!r})\n"
                 + f"answer = {{'content': {answer_content!r}, 'ready': False}}\n"
+                + f"answers = {self._deliver_json('answers.json', json.dumps(answers or []).encode())}\n"
+                + (f"history = {self._deliver_json('history.json', history)}\n" if history is not None else "")
                 + f"context = {load}\n")
         outcome = await self.sandbox.execute(code, user_expressions=_PACKAGES, timeout=self.config.exec_timeout)
         if not outcome.ok:
@@ -100,6 +104,26 @@ class Repl:
             return BlockRun(result=None, crashed=exc, raw_answer=None, answer=None)
         raw = result.expressions.get("state")
         return BlockRun(result=result, crashed=None, raw_answer=raw, answer=parse_answer(raw))
+
+    def _deliver_json(self, name: str, data: bytes) -> str:
+        """Code that loads `data` (JSON) from a new delivery: `[]` needs none."""
+        if data == b"[]":
+            return "[]"
+        where = self.sandbox.delivery().write(name, [data])
+        return f"{_REF}.{runtime.load_context.__name__}({where!r}, 'json')"
+
+    async def next_question(self) -> None:
+        """Keep the last answer in `answers`; a fresh `answer` for the next question."""
+        await self._run_setup(f"{_REF}.{runtime.next_question.__name__}(globals())")
+
+    async def set_history(self, transcript: bytes) -> None:
+        """`history` in the REPL: the whole transcript (JSON), delivered read-only."""
+        await self._run_setup(f"history = {self._deliver_json('history.json', transcript)}")
+
+    async def _run_setup(self, code: str) -> None:
+        outcome = await self.sandbox.execute(code, timeout=self.config.exec_timeout)
+        if not outcome.ok:
+            raise SandboxError(f"setting up the REPL failed:\n{outcome.error or outcome.stderr}")
 
     async def read_answer(self) -> tuple[Any, AnswerReading]:
         """`answer` read on its own (after a turn whose blocks did not report it)."""

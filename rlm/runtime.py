@@ -97,6 +97,16 @@ def pip_install(packages: str | list[str]) -> list[str]:
     return [os.path.basename(w) for w in wheels]
 
 
+def next_question(namespace: dict[str, Any]) -> None:
+    """Keep the last question's answer in `answers` and give the next one a fresh `answer`."""
+    current = namespace.get("answer")
+    content = current.get("content", "") if isinstance(current, dict) else ""
+    answers = namespace.setdefault("answers", [])
+    if isinstance(answers, list):
+        answers.append(content if isinstance(content, str) else str(content))
+    namespace["answer"] = {"content": "", "ready": False}
+
+
 def answer_state(namespace: dict[str, Any]) -> str:
     """The user's `answer`, read by the controller after every cell: content cut to the run's
     limit (its full length said apart) and base64-encoded, so its size on the wire is known."""

@@ -1,19 +1,15 @@
-"""`RunState`: everything one run holds while it runs, in one place the controller and the
-broker share, instead of values threaded through parameters and set from outside."""
+"""`RunState`: everything one run (one question) holds while it runs, in one place the
+controller and the broker share, instead of values threaded through parameters."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
-
-from sandbox import Sandbox
 
 from .budget import TreeBudget
 from .config import RLMConfig
-from .data import DataFile
+from .conversation import Conversation
 from .events import OnEvent, RunEvent
-from .repl import Repl
 from .trajectory import Result
 
 log = logging.getLogger("rlm")
@@ -21,17 +17,15 @@ log = logging.getLogger("rlm")
 
 @dataclass
 class RunState:
-    """One run at one depth: its settings, its REPL, the record it builds, and where it is."""
+    """One question at one depth: its settings, its conversation, the record it builds, and where it is."""
 
     config: RLMConfig
     depth: int
     result: Result
-    data_file: DataFile
+    conversation: Conversation
     #: Shared with every run nested under this one's root.
     budget: TreeBudget
     on_event: OnEvent | None = None
-    sandbox: Sandbox | None = None
-    repl: Repl | None = None
     #: The current turn's index (1-based; 0 before the first).
     turn: int = 0
     #: `answer["content"]` as last read.
@@ -41,14 +35,18 @@ class RunState:
     budget_warned: bool = False
     #: Sub-call prompt text kept in the result so far (bounded by `max_recorded_chars`).
     recorded_chars: int = 0
+    #: Where the current question is in `conversation.messages`.
+    question: int = 0
+    #: Set by `Session.interrupt()`: the question ends after the current step.
+    interrupted: bool = False
 
     @classmethod
-    def new(cls, config: RLMConfig, data: Any = None, *, depth: int = 0, budget: TreeBudget | None = None,
+    def new(cls, config: RLMConfig, conversation: Conversation, *, depth: int = 0, budget: TreeBudget | None = None,
             on_event: OnEvent | None = None) -> RunState:
-        """The state of a run about to start: a top-level run makes the tree's budget, a nested
-        one shares its parent's. Raises `ConfigError` for data it cannot take."""
+        """The state of a question about to be asked: a top-level run makes the tree's budget, a
+        nested one shares its parent's."""
         return cls(config=config, depth=depth, result=Result(model=config.model, sub_model=config.resolved_sub_model),
-                   data_file=DataFile(data), budget=budget or tree_budget(config), on_event=on_event)
+                   conversation=conversation, budget=budget or tree_budget(config), on_event=on_event)
 
     def emit(self, event: RunEvent) -> None:
         """Hand an event of this run to the listener; a listener's failure is logged, never the run's."""

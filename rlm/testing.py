@@ -72,18 +72,21 @@ class ScriptedServer:
         root_marker: str = ROOT_MARKER,
         hold_until_in_flight: int = 0,
         hold_timeout: float = 120.0,
+        max_model_len: int | None = None,
     ) -> None:
         """`root_marker`: text of the root model's system prompt that tells root requests from
         sub-calls (another library's prompt needs its own). `hold_until_in_flight`: sub-call
         replies wait until that many sub-calls are in flight at once (then never again), so a
         test sees a concurrency level however slow the machine; past `hold_timeout` seconds they
-        fail with a status 500 that says how many arrived."""
+        fail with a status 500 that says how many arrived. `max_model_len`: the context length
+        `GET /v1/models` reports for every model asked for so far, as vLLM reports it."""
         self._root_queue = list(root) if not callable(root) else None
         self._root_fn = root if callable(root) else None
         self._sub = sub
         self.sub_latency = sub_latency
         self.root_latency = root_latency
         self.root_marker = root_marker
+        self.max_model_len = max_model_len
         self.requests: list[dict[str, Any]] = []
         self.bodies: list[bytes] = []
         self.headers: list[dict[str, str]] = []  # per POST, names lower-cased
@@ -119,6 +122,13 @@ class ScriptedServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
+
+    def models(self) -> list[dict[str, Any]]:
+        """What `GET /v1/models` lists: "scripted" and every model asked for so far."""
+        with self._lock:
+            names = sorted({"scripted", *(str(r.get("model")) for r in self.requests)})
+        extra = {} if self.max_model_len is None else {"max_model_len": self.max_model_len}
+        return [{"id": name, "object": "model", "created": 0, "owned_by": "scripted", **extra} for name in names]
 
     def _next_root(self, request: dict[str, Any]) -> Reply:
         if self._root_fn is not None:
@@ -166,7 +176,7 @@ class ScriptedServer:
                 pass
 
             def do_GET(self) -> None:
-                self._send(200, {"object": "list", "data": [{"id": "scripted", "object": "model"}]})
+                self._send(200, {"object": "list", "data": server.models()})
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))

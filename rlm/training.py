@@ -4,8 +4,8 @@ sampler's logprobs, the environment's reward; grouped rollouts with GRPO-style a
 Token ids come from the server: vLLM returns them with `extra_body={"return_token_ids": True}`
 (prompt ids and completion ids per request). Turns are merged into one sequence while the chat
 template allows it (turn k+1's prompt ids begin with turn k's prompt and completion ids);
-where a template re-renders history (e.g. drops earlier reasoning), a new sequence starts, so
-no token is ever trained on under a context the model did not see.
+where a template re-renders history (e.g. drops earlier reasoning), and after a compaction, a
+new sequence starts, so no token is ever trained on under a context the model did not see.
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ def to_samples(result: Result) -> list[Sample]:
                            "(vLLM: extra_body={'return_token_ids': True})")
         completion = turn.completion_ids
         logprobs = turn.logprobs if turn.logprobs and len(turn.logprobs) == len(completion) else [0.0] * len(completion)
-        if current is not None and turn.prompt_ids[: len(current.input_ids)] == current.input_ids:
+        extends = current is not None and turn.prompt_ids[: len(current.input_ids)] == current.input_ids
+        if current is not None and extends and not turn.compacted:
             added = turn.prompt_ids[len(current.input_ids):]  # the REPL's feedback: not trained on
         else:
             current, added = Sample(), turn.prompt_ids

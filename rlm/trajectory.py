@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 #: Why a run ended.
-Status = Literal["ready", "max_turns", "timeout", "budget", "error"]
+Status = Literal["ready", "max_turns", "timeout", "budget", "error", "interrupted"]
 #: What went wrong in a turn: no code to run, an exception in the code, a timeout, a kernel crash.
 TurnErrorKind = Literal["no_code", "exception", "timeout", "crash"]
 
@@ -90,6 +90,8 @@ class Turn(BaseModel):
     model_seconds: float = 0.0
     exec_seconds: float = 0.0
     duration: float = 0.0
+    #: Whether the conversation was compacted just before this turn (a training sequence ends).
+    compacted: bool = False
 
 
 class SubCall(BaseModel):
@@ -104,6 +106,21 @@ class SubCall(BaseModel):
     tool_calls: int = 0
     error: str | None = None
     child: Result | None = None
+
+
+class Compaction(BaseModel):
+    """Older turns of the root conversation replaced by a summary (or dropped), before `turn`."""
+
+    turn: int
+    #: The conversation's size when it was compacted (the server's count plus an estimate of
+    #: what came since), and the server's count of the next request, once it is made.
+    tokens_before: int
+    tokens_after: int | None = None
+    turns_replaced: int
+    summary: str | None = None
+    #: The summarizing call's tokens (none for `compaction="drop"`).
+    usage: TokenUsage = Field(default_factory=TokenUsage)
+    replaced: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class Timings(BaseModel):
@@ -126,6 +143,7 @@ class Result(BaseModel):
     model: str = ""
     sub_model: str = ""
     messages: list[dict[str, Any]] = Field(default_factory=list)
+    compactions: list[Compaction] = Field(default_factory=list)
 
     def summary(self) -> str:
         """One line: status, turns, sub-calls, tokens per role, seconds."""

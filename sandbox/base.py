@@ -200,6 +200,10 @@ class Sandbox(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def interrupt(self) -> None:
+        """Interrupt the running cell (KeyboardInterrupt in the kernel); the kernel stays."""
+
+    @abc.abstractmethod
     async def restart(self) -> None:
         """Replace the kernel with a fresh one; all kernel state is lost."""
 

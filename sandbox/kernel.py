@@ -546,6 +546,10 @@ class KernelSandbox(Sandbox):
             result.restarted = True
         return result
 
+    async def interrupt(self) -> None:
+        if self._session is not None:
+            await self._session.interrupt()
+
     async def restart(self) -> None:
         await self._stop_kernel()
         await self.start()
