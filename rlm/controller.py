@@ -17,7 +17,7 @@ from .budget import TreeBudget
 from .compaction import Compactor
 from .config import RLMConfig
 from .conversation import Conversation
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 from .events import CodeRan, Finished, ModelReplied, OnEvent, TurnStarted
 from .models import Completion, ModelClient
 from .repl import AnswerReading, AnswerReplaced, AnswerState, BlockRun
@@ -75,7 +75,7 @@ class Controller:
             result.status = "timeout"
             result.error = (f"the run exceeded its {config.timeout:g}s timeout" if self.budget is None
                             else "the call tree's timeout ran out")
-        except (ModelError, SandboxError) as exc:
+        except (ModelError, SandboxError, ConfigError) as exc:  # ConfigError: an input that would not serialize
             result.status, result.error = "error", f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # a bug of ours must not lose the run: record it, keep the result
             log.exception("run failed")

@@ -48,8 +48,7 @@ class Conversation:
         self._closing.push_async_callback(sandbox.close)
         self.sandbox, self.repl = sandbox, Repl(sandbox, self.data_file, self.config)
         packages = await self.repl.install()
-        data = self.data_file
-        context = prompts.describe_context(data.preview_source(), data.kind, data.size, self.config.preview_chars)
+        context = self.data_file.describe(self.config.preview_chars)
         self.append({"role": "system", "content": prompts.system_prompt(self.config, context, packages, budget_text)})
 
     async def _acquire(self) -> Sandbox:

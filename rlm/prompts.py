@@ -82,25 +82,6 @@ _NESTED = (
 )
 
 
-def describe_context(data: Any, kind: str, size: int, preview_chars: int) -> str:
-    """Type, size and a short preview of the data: never the data itself."""
-    if kind == "none":
-        return "No input data was given: `context` is None."
-    what = {
-        "text": f"a `str` of {size:,} characters",
-        "bytes": f"a `bytes` object of {size:,} bytes",
-        "json": f"a `{type(data).__name__}` loaded from {size:,} bytes of JSON",
-        "path": "a `pathlib.Path` to a read-only directory",
-    }[kind]
-    text = f"`context` is {what}."
-    if kind == "json" and isinstance(data, (list, dict)):
-        text += f" It has {len(data):,} top-level {'items' if isinstance(data, list) else 'keys'}."
-    if preview_chars and kind != "path":
-        sample = data[:preview_chars] if kind in ("text", "bytes") else json.dumps(data)[:preview_chars]
-        text += f" Its first {min(preview_chars, size):,} characters:\n```\n{sample!s}\n```"
-    return text
-
-
 def system_prompt(config: RLMConfig, context_description: str, packages: list[str], budget_left: str = "") -> str:
     llm_batch_text = _LLM_BATCH[min(config.max_depth, 1)]
     if config.max_depth > 1:

@@ -77,16 +77,14 @@ class Repl:
         `history` transcript (JSON) restore what the REPL held."""
         limits = runtime.Limits(answer_chars=self.config.max_answer_chars, prompt_chars=self.config.max_prompt_chars,
                                 request_bytes=self.sandbox.limits.message_bytes)
-        where = self.data_file.location(self.sandbox)
-        kind = self.data_file.kind
-        load = "None" if where is None else f"{_REF}.{runtime.load_context.__name__}({where!r}, {kind!r})"
+        load = self.data_file.load_code(self.sandbox, _REF, runtime.load_context.__name__)
         code = (rpc.module_code(MODULE, _SOURCE, {"rpc": rpc.KERNEL_MODULE})
                 + f"from {MODULE} import {', '.join(runtime.USER_NAMES)}\n"
                 + f"{_REF}.{runtime.configure.__name__}({_REF}.{limits!r})\n"
                 + f"answer = {{'content': {answer_content!r}, 'ready': False}}\n"
                 + f"answers = {self._deliver_json('answers.json', json.dumps(answers or []).encode())}\n"
                 + (f"history = {self._deliver_json('history.json', history)}\n" if history is not None else "")
-                + f"context = {load}\n")
+                + load)
         outcome = await self.sandbox.execute(code, user_expressions=_PACKAGES, timeout=self.config.exec_timeout)
         if not outcome.ok:
             raise SandboxError(f"loading the data into the sandbox failed:\n{outcome.error or outcome.stderr}")

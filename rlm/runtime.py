@@ -121,14 +121,38 @@ def answer_state(namespace: dict[str, Any]) -> str:
 
 
 def load_context(path: str, kind: str) -> Any:
-    """Read the data file the controller delivered (or mounted read-only)."""
+    """Read an input the controller delivered (or mounted read-only), by its kind."""
     if kind == "path":
         return pathlib.Path(path)
     if kind == "bytes":
         with open(path, "rb") as f:
             return f.read()
+    if kind == "npy":
+        import numpy
+
+        return numpy.load(path, allow_pickle=False)
+    if kind == "parquet":
+        import pandas
+
+        return pandas.read_parquet(path)
+    if kind == "image":
+        try:
+            from PIL import Image
+        except ImportError:  # no Pillow in this sandbox: the PNG's bytes
+            with open(path, "rb") as f:
+                return f.read()
+        with Image.open(path) as image:
+            image.load()
+            return image
     with open(path, encoding="utf-8") as f:
         return json.load(f) if kind == "json" else f.read()
+
+
+def load_with(source: str, function: str, path: str) -> Any:
+    """Load an input with a registered type's loader, sent as source."""
+    namespace: dict[str, Any] = {}
+    exec(compile(source, f"<loader {function}>", "exec"), namespace)
+    return namespace[function](path)
 
 
 def installed_packages() -> list[str]:
