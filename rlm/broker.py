@@ -8,10 +8,15 @@ anything malformed or over budget gets an error reply, never an exception in the
 from __future__ import annotations
 
 import asyncio
+import inspect
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from pydantic import ValidationError, validate_call
+from pydantic_core import to_jsonable_python
 
 from sandbox import Reply, valid_text
 
@@ -20,7 +25,7 @@ from .events import SubCallDone, head
 from .models import Completion, ModelClient
 from .state import RunState
 from .tools import Toolbox
-from .trajectory import Result, SubCall
+from .trajectory import FunctionCall, Result, SubCall
 
 log = logging.getLogger("rlm")
 
@@ -38,7 +43,9 @@ class Broker:
         self.client = client
         self.spawn_child = spawn_child
         self.toolbox = Toolbox(config.sub_tools)
-        self.handlers: dict[str, Handler] = {"llm_batch": self.llm_batch, "pip_install": self.pip_install}
+        self.functions = {fn.__name__: validate_call(fn) for fn in config.repl_functions}
+        self.handlers: dict[str, Handler] = {"llm_batch": self.llm_batch, "pip_install": self.pip_install,
+                                             "call": self.call}
 
     async def handle(self, request: dict[str, Any]) -> Reply:
         """Answer one request from the kernel."""
@@ -47,6 +54,43 @@ class Broker:
         if handler is None:
             return Reply.failed(f"unknown request {method!r}"[:200])
         return await handler(request)
+
+    async def call(self, request: dict[str, Any]) -> Reply:
+        """Run one of the user's `repl_functions` on the host: arguments validated against its
+        annotations, a timeout, the result as JSON; counted as a sub-call against the budget."""
+        run = self.run
+        name, args, kwargs = request.get("function"), request.get("args", []), request.get("kwargs", {})
+        fn = self.functions.get(name) if isinstance(name, str) else None
+        if fn is None:
+            return Reply.failed(f"no REPL function named {str(name)[:100]!r}")
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            return Reply.failed(f"{name}: arguments must be a list and keyword arguments a dict")
+        refusal = run.budget.take_sub_calls(1)
+        if refusal is not None:
+            run.refused = True
+            return Reply.failed(refusal)
+        record = FunctionCall(turn=run.turn, depth=run.depth, function=str(name),
+                              arguments=head(json.dumps([args, kwargs], default=str)))
+        run.result.function_calls.append(record)
+        started = time.monotonic()
+        timeout = run.config.repl_function_timeout
+        try:
+            if inspect.iscoroutinefunction(fn):
+                value = await asyncio.wait_for(fn(*args, **kwargs), timeout)
+            else:  # a blocking function must not stall the loop serving everything else
+                value = await asyncio.wait_for(asyncio.to_thread(fn, *args, **kwargs), timeout)
+            result = to_jsonable_python(value)
+        except ValidationError as exc:
+            record.error = f"{name}: invalid arguments: {exc}"
+        except TimeoutError:
+            record.error = f"{name} did not return within {timeout:g}s"
+        except Exception as exc:  # the user's function failed: the REPL gets the message
+            record.error = f"{name} raised {type(exc).__name__}: {exc}"
+        record.latency = time.monotonic() - started
+        if record.error is not None:
+            return Reply.failed(record.error)
+        record.result = head(json.dumps(result))
+        return Reply(result=result)
 
     async def pip_install(self, request: dict[str, Any]) -> Reply:
         conversation = self.run.conversation

@@ -5,6 +5,7 @@ Model, base URL and key fall back to `RLM_MODEL`, `RLM_BASE_URL` and `OPENAI_API
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,8 @@ from .budget import ModelPrice
 from .errors import ConfigError
 
 CodeFormat = Literal["fenced", "tool"]
+#: Names the REPL gives meaning to: no input or function may take them.
+RESERVED_NAMES = frozenset({"context", "answer", "answers", "history", "llm_batch", "pip_install", "chunk_text"})
 
 
 def _default_wheelhouse() -> Path:
@@ -45,6 +48,16 @@ class RLMConfig(BaseModel):
                              description="Where pip_install's wheels are cached on the host ($RLM_WHEELHOUSE).")
     code_format: CodeFormat = Field(default="fenced", description="How the root model writes code.")
     tips: str | None = None
+    package_notes: dict[str, str] = Field(default_factory=dict,
+                                          description="What the prompt says about a package, by package name.")
+    prompt_sections: dict[str, str] = Field(default_factory=dict,
+                                            description="Sections added to the system prompt about the task, by title.")
+    system_prompt: str | None = Field(default=None, description="A whole system prompt template (see prompts.FIELDS).")
+    repl_functions: list[Callable[..., Any]] = Field(
+        default_factory=list, description="Host functions the REPL's code calls, through the broker.")
+    repl_function_timeout: float = Field(default=60.0, gt=0, description="One REPL function call, seconds.")
+    sandbox_functions: list[Callable[..., Any]] = Field(
+        default_factory=list, description="Pure helpers defined inside the kernel from their source.")
 
     max_turns: int = Field(default=20, ge=1, description="Root-model replies in all.")
     max_root_tokens: int | None = Field(default=None, ge=1)
@@ -96,6 +109,11 @@ class RLMConfig(BaseModel):
     def _resolve(self) -> RLMConfig:
         if not self.model:
             raise ConfigError("no model given: pass model=... or set RLM_MODEL")
+        if self.system_prompt is not None:
+            from .prompts import check_template  # the prompt module reads this config
+
+            check_template(self.system_prompt)
+        self._check_functions()
         if self.max_cost is not None:
             unpriced = sorted({self.model, self.resolved_sub_model} - set(self.prices))
             if unpriced:
@@ -103,6 +121,18 @@ class RLMConfig(BaseModel):
         if self.api_key is None:
             self.api_key = os.environ.get("OPENAI_API_KEY")
         return self
+
+    def _check_functions(self) -> None:
+        names = [fn.__name__ for fn in [*self.repl_functions, *self.sandbox_functions]]
+        clash = sorted({n for n in names if names.count(n) > 1 or not n.isidentifier() or n.startswith("_")
+                        or n in RESERVED_NAMES})
+        if clash:
+            raise ConfigError(f"REPL function names must be unique public identifiers the REPL does not own: {clash}")
+        for fn in self.sandbox_functions:
+            try:
+                inspect.getsource(fn)
+            except (OSError, TypeError) as exc:
+                raise ConfigError(f"sandbox function {fn.__name__}: its source is not available ({exc})") from None
 
     @property
     def resolved_sub_model(self) -> str:

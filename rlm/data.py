@@ -22,13 +22,12 @@ from typing import Any
 
 from sandbox import Sandbox
 
+from .config import RESERVED_NAMES
 from .errors import ConfigError
 
 _WRITE_CHUNK = 1 << 24
 #: A dict of more keys than this is one JSON input, not that many files and variables.
 MAX_NAMED = 32
-#: Names the REPL already gives meaning to: an input cannot take them.
-RESERVED = frozenset({"context", "answer", "answers", "history", "llm_batch", "pip_install", "chunk_text"})
 _IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"RIFF": "WEBP"}
 
 
@@ -271,5 +270,5 @@ class DataFile:
 
 
 def _input_name(key: Any) -> bool:
-    return (isinstance(key, str) and key.isidentifier() and not keyword.iskeyword(key) and key not in RESERVED
+    return (isinstance(key, str) and key.isidentifier() and not keyword.iskeyword(key) and key not in RESERVED_NAMES
             and not key.startswith("_"))

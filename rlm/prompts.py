@@ -3,13 +3,16 @@ extraction that reads its replies (fenced blocks or `python` tool calls)."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
+import string
 from typing import Any
 
 from sandbox import ExecutionResult
 
 from .config import RLMConfig
+from .errors import ConfigError
 
 #: The function tool offered in `code_format="tool"`, as verifiers' RLMEnv offers it.
 PYTHON_TOOL = {
@@ -50,10 +53,10 @@ execution may run for at most {exec_timeout:g} seconds. The sandbox has no netwo
 
 ## `context`
 {context_description}
-
+{sections}
 ## Sub-LLMs: `llm_batch(prompts: list[str]) -> list[str]`
 {llm_batch_text}
-
+{functions}
 ## The answer
 The REPL holds `answer = {{"content": "", "ready": False}}`. `answer["content"]` is your \
 scratchpad: write, rewrite or delete it over as many turns as you like. When it holds your \
@@ -95,17 +98,60 @@ def system_prompt(config: RLMConfig, context_description: str, packages: list[st
     if config.max_root_tokens is not None:
         limits.append(f"- {config.max_root_tokens:,} tokens for this conversation.")
     tips = f"\n## Tips\n{config.tips.strip()}\n" if config.tips else ""
-    return SYSTEM_TEMPLATE.format(
-        protocol=_PROTOCOL[config.code_format],
-        max_output_chars=config.max_output_chars,
-        exec_timeout=config.exec_timeout,
-        context_description=context_description,
-        llm_batch_text=llm_batch_text,
-        limits="\n".join(limits),
-        packages=", ".join(packages) if packages else "(the standard library only)",
-        pip_text=_pip_text(config.allow_pip),
-        tips=tips,
-    )
+    sections = "".join(f"\n## {title}\n{text.strip()}\n" for title, text in config.prompt_sections.items())
+    notes = "".join(f"\n- `{name}`: {note.strip()}" for name, note in config.package_notes.items())
+    fields = {
+        "protocol": _PROTOCOL[config.code_format],
+        "max_output_chars": config.max_output_chars,
+        "exec_timeout": config.exec_timeout,
+        "context_description": context_description,
+        "sections": sections,
+        "llm_batch_text": llm_batch_text,
+        "functions": _functions_text(config),
+        "limits": "\n".join(limits),
+        "packages": (", ".join(packages) if packages else "(the standard library only)") + notes,
+        "pip_text": _pip_text(config.allow_pip),
+        "tips": tips,
+    }
+    return (config.system_prompt or SYSTEM_TEMPLATE).format(**fields)
+
+
+#: The fields a system prompt template (`RLMConfig.system_prompt`) may use, as `{name}`.
+FIELDS = frozenset({"protocol", "max_output_chars", "exec_timeout", "context_description", "sections",
+                    "llm_batch_text", "functions", "limits", "packages", "pip_text", "tips"})
+
+
+def check_template(template: str) -> None:
+    """Refuse a template with a field we do not fill, or braces that do not parse."""
+    try:
+        names = {field.split(".")[0].split("[")[0] for _, field, _, _ in string.Formatter().parse(template)
+                 if field is not None}
+    except ValueError as exc:
+        raise ConfigError(f"system_prompt: {exc} (write literal braces as {{{{ and }}}})") from None
+    unknown = sorted(names - FIELDS)
+    if unknown:
+        raise ConfigError(f"system_prompt uses unknown fields {unknown}; the fields are: {', '.join(sorted(FIELDS))}")
+    if "context_description" not in names:
+        raise ConfigError("system_prompt must say what the data is: put {context_description} in it")
+
+
+def _signature(fn: Any) -> inspect.Signature:
+    """With string annotations (`from __future__ import annotations`) resolved where they can be."""
+    try:
+        return inspect.signature(fn, eval_str=True)
+    except (NameError, TypeError, SyntaxError):
+        return inspect.signature(fn)
+
+
+def _functions_text(config: RLMConfig) -> str:
+    """The user's REPL functions, from their signatures and docstrings."""
+    described = [(fn, "runs on the host; its arguments and result travel as JSON")
+                 for fn in config.repl_functions] + [(fn, "defined in the REPL") for fn in config.sandbox_functions]
+    if not described:
+        return ""
+    lines = [f"- `{fn.__name__}{_signature(fn)}` ({where}): {inspect.getdoc(fn) or 'no description'}"
+             for fn, where in described]
+    return "\n## Functions\nThese functions are in the REPL, ready to call:\n" + "\n".join(lines) + "\n"
 
 
 def _pip_text(allow_pip: bool | list[str]) -> str:

@@ -4,7 +4,9 @@ runs code blocks with requests served by the broker, and reads `answer` back, di
 from __future__ import annotations
 
 import base64
+import inspect
 import json
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,13 +80,16 @@ class Repl:
         limits = runtime.Limits(answer_chars=self.config.max_answer_chars, prompt_chars=self.config.max_prompt_chars,
                                 request_bytes=self.sandbox.limits.message_bytes)
         load = self.data_file.load_code(self.sandbox, _REF, runtime.load_context.__name__)
+        functions = "".join(f"{fn.__name__} = {_REF}.{runtime.proxy.__name__}({fn.__name__!r}, "
+                            f"{inspect.getdoc(fn) or ''!r})\n" for fn in self.config.repl_functions)
+        functions += "".join(textwrap.dedent(inspect.getsource(fn)) + "\n" for fn in self.config.sandbox_functions)
         code = (rpc.module_code(MODULE, _SOURCE, {"rpc": rpc.KERNEL_MODULE})
                 + f"from {MODULE} import {', '.join(runtime.USER_NAMES)}\n"
                 + f"{_REF}.{runtime.configure.__name__}({_REF}.{limits!r})\n"
                 + f"answer = {{'content': {answer_content!r}, 'ready': False}}\n"
                 + f"answers = {self._deliver_json('answers.json', json.dumps(answers or []).encode())}\n"
                 + (f"history = {self._deliver_json('history.json', history)}\n" if history is not None else "")
-                + load)
+                + load + functions)
         outcome = await self.sandbox.execute(code, user_expressions=_PACKAGES, timeout=self.config.exec_timeout)
         if not outcome.ok:
             raise SandboxError(f"loading the data into the sandbox failed:\n{outcome.error or outcome.stderr}")

@@ -78,6 +78,18 @@ def llm_batch(prompts: list[str]) -> list[str]:
     return results
 
 
+def proxy(name: str, doc: str) -> Any:
+    """A REPL function that runs on the host: its arguments and result travel as JSON, and a
+    failure there is raised here as a RuntimeError carrying the message."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return _request("call", function=name, args=list(args), kwargs=kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = doc
+    return call
+
+
 def pip_install(packages: str | list[str]) -> list[str]:
     """Install packages the controller downloads for us (the sandbox has no network).
 

@@ -108,6 +108,18 @@ class SubCall(BaseModel):
     child: Result | None = None
 
 
+class FunctionCall(BaseModel):
+    """One call of a `repl_functions` function from the REPL, run on the host."""
+
+    turn: int
+    depth: int
+    function: str
+    arguments: str  # JSON, its head
+    result: str = ""  # JSON, its head
+    error: str | None = None
+    latency: float = 0.0
+
+
 class Compaction(BaseModel):
     """Older turns of the root conversation replaced by a summary (or dropped), before `turn`."""
 
@@ -144,6 +156,7 @@ class Result(BaseModel):
     sub_model: str = ""
     messages: list[dict[str, Any]] = Field(default_factory=list)
     compactions: list[Compaction] = Field(default_factory=list)
+    function_calls: list[FunctionCall] = Field(default_factory=list)
 
     def summary(self) -> str:
         """One line: status, turns, sub-calls, tokens per role, seconds."""
