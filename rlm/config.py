@@ -77,6 +77,8 @@ class RLMConfig(BaseModel):
     max_tokens: int | None = Field(default=None, description="Per root completion.")
     extra_body: dict[str, Any] = Field(default_factory=dict)
     logprobs: bool = Field(default=False, description="Ask for per-token logprobs of root completions.")
+    context_window: int | None = Field(default=None, ge=1,
+                                       description="The sub-model's context window, where its server reports none.")
 
     def __init__(self, **settings: Any) -> None:
         try:
