@@ -70,19 +70,25 @@ def llm_batch(prompts: list[str]) -> list[str]:
         raise ValueError(f"prompts longer than {LIMITS.prompt_chars:,} characters at positions {too_long[:10]}: "
                          "split them")
     results: list[str] = []
+    for batch in _batches(prompts):
+        results += _request("llm_batch", prompts=batch)
+    return results
+
+
+def _batches(texts: list[str], max_items: int | None = None) -> Iterator[list[str]]:
+    """`texts` in order, in runs that each fit one request (and hold at most `max_items`)."""
     batch: list[str] = []
     size = 0
     budget = LIMITS.request_bytes - rpc.ENVELOPE_BYTES
-    for prompt in prompts:
-        cost = rpc.json_bytes(json.dumps(prompt, ensure_ascii=False)) + 2  # in the request, then the message
-        if batch and size + cost > budget:
-            results += _request("llm_batch", prompts=batch)
+    for text in texts:
+        cost = rpc.json_bytes(json.dumps(text, ensure_ascii=False)) + 2  # in the request, then the message
+        if batch and (size + cost > budget or len(batch) == max_items):
+            yield batch
             batch, size = [], 0
-        batch.append(prompt)
+        batch.append(text)
         size += cost
     if batch:
-        results += _request("llm_batch", prompts=batch)
-    return results
+        yield batch
 
 
 def most_tokens(text: str) -> int:
@@ -127,7 +133,7 @@ _SAMPLES, _SAMPLE_CHARS = 8, 4096
 _COUNT_BATCH = 256
 _LINE = re.compile(r"[^\n]*\n|[^\n]+")
 _WORD = re.compile(r"\s*\S+\s*|\s+")
-_tokenizer: bool | None = None  # whether the host counts tokens with the server's tokenizer; None: not asked
+_no_tokenizer = False  # set once the host said the sub-model's server has no tokenizer
 
 
 def _size(text: str) -> int:
@@ -141,29 +147,17 @@ def _samples(text: str) -> list[str]:
 
 def _count_tokens(texts: list[str]) -> list[int] | None:
     """The server's token count of each text, asked in few requests; None when it has no tokenizer."""
-    global _tokenizer
-    if _tokenizer is False:
-        return None
+    global _no_tokenizer
     counts: list[int] = []
-    batch: list[str] = []
-    size = 0
-    budget = LIMITS.request_bytes - rpc.ENVELOPE_BYTES
-    for text in [*texts, None]:
-        cost = 0 if text is None else rpc.json_bytes(text) + 2
-        if batch and (text is None or size + cost > budget or len(batch) == _COUNT_BATCH):
-            reply = _request("count_tokens", texts=batch)
-            if reply is None:
-                _tokenizer = False
-                return None
-            if not (isinstance(reply, list) and len(reply) == len(batch)
-                    and all(type(n) is int and n >= 0 for n in reply)):
-                raise RuntimeError("count_tokens: the host's reply is not one count per text")
-            _tokenizer = True
-            counts += reply
-            batch, size = [], 0
-        if text is not None:
-            batch.append(text)
-            size += cost
+    for batch in _batches(texts, _COUNT_BATCH):
+        reply = None if _no_tokenizer else _request("count_tokens", texts=batch)
+        if reply is None:
+            _no_tokenizer = True
+            return None
+        if not (isinstance(reply, list) and len(reply) == len(batch)
+                and all(type(n) is int and n >= 0 for n in reply)):
+            raise RuntimeError("count_tokens: the host's reply is not one count per text")
+        counts += reply
     return counts
 
 
