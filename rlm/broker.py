@@ -1,5 +1,5 @@
-"""Serves the requests kernel code sends (`llm_batch`, `pip_install`) for one run: a table of
-handlers, each validating its request, enforcing the run's budgets and depth, and replying.
+"""Serves the requests kernel code sends (`llm_batch`, `count_tokens`, `pip_install`) for one run:
+a table of handlers, each validating its request, enforcing the run's budgets and depth, and replying.
 
 The broker only sees JSON requests coming out of the sandbox, so it treats them as hostile:
 anything malformed or over budget gets an error reply, never an exception in the controller.
@@ -20,9 +20,10 @@ from pydantic_core import to_jsonable_python
 
 from sandbox import Reply, valid_text
 
-from .errors import BudgetExhausted, RLMError
+from .errors import BudgetExhausted, ContextLengthExceeded, ModelError, RLMError
 from .events import SubCallDone, head
 from .models import Completion, ModelClient
+from .runtime import most_tokens
 from .state import RunState
 from .tools import Toolbox
 from .trajectory import FunctionCall, Result, SubCall
@@ -44,8 +45,8 @@ class Broker:
         self.spawn_child = spawn_child
         self.toolbox = Toolbox(config.sub_tools)
         self.functions = {fn.__name__: validate_call(fn) for fn in config.repl_functions}
-        self.handlers: dict[str, Handler] = {"llm_batch": self.llm_batch, "pip_install": self.pip_install,
-                                             "call": self.call}
+        self.handlers: dict[str, Handler] = {"llm_batch": self.llm_batch, "count_tokens": self.count_tokens,
+                                             "pip_install": self.pip_install, "call": self.call}
 
     async def handle(self, request: dict[str, Any]) -> Reply:
         """Answer one request from the kernel."""
@@ -118,6 +119,22 @@ class Broker:
             return Reply.failed(refusal)
         return Reply(result=await asyncio.gather(*(self._one(prompt) for prompt in prompts)))
 
+    async def count_tokens(self, request: dict[str, Any]) -> Reply:
+        """Token counts of texts by the sub-model's tokenizer, for `chunk_text`; the result is None
+        when its server has no tokenizer endpoint (the kernel then bounds counts itself)."""
+        config = self.run.config
+        texts = request.get("texts")
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            return Reply.failed("count_tokens needs a list of strings")
+        if len(texts) > config.max_batch_prompts:
+            return Reply.failed(f"count_tokens takes at most {config.max_batch_prompts:,} texts per call")
+        if any(len(t) > config.max_prompt_chars for t in texts):
+            return Reply.failed(f"count_tokens takes texts of at most {config.max_prompt_chars:,} characters")
+        try:
+            return Reply(result=await self.client.tokens.count([valid_text(t) for t in texts]))
+        except ModelError as exc:
+            return Reply.failed(str(exc)[:1000])
+
     def _recorded(self, prompt: str) -> str:
         """The prompt as the result keeps it: whole until the run's `max_recorded_chars` are
         spent, then its head and its length (the model still gets all of it)."""
@@ -175,6 +192,44 @@ class Broker:
             return completion
 
         max_turns = run.config.sub_max_turns
-        record.completion, record.tool_calls, finished = await self.toolbox.converse(complete, prompt, max_turns)
+        await self._check_fits(prompt)
+        try:
+            record.completion, record.tool_calls, finished = await self.toolbox.converse(complete, prompt, max_turns)
+        except ContextLengthExceeded as exc:
+            raise await self._overflow(prompt, exc.prompt_tokens, exc.window, "the server refused it") from exc
         if not finished:
             record.error = f"sub-LLM still calling tools after {max_turns} turns"
+
+    async def _check_fits(self, prompt: str) -> None:
+        """Refuse, without a request, a prompt the sub-model's tokenizer says is over its context
+        window; only prompts with more bytes than the window are counted (no token is shorter)."""
+        window = await self.client.tokens.context_window()
+        if window is None or most_tokens(prompt) < window:
+            return
+        tokens = await self._count(prompt)
+        if tokens is not None and tokens >= window:
+            raise await self._overflow(prompt, tokens, window, "not sent")
+
+    async def _count(self, prompt: str) -> int | None:
+        """The prompt's tokens by the sub-model's tokenizer; None without one, or when it failed
+        (the prompt is then sent, and the server judges it)."""
+        try:
+            counts = await self.client.tokens.count([prompt])
+        except ModelError:
+            log.warning("counting a sub-prompt's tokens failed", exc_info=True)
+            return None
+        return None if counts is None else counts[0]
+
+    async def _overflow(self, prompt: str, tokens: int | None, window: int | None,
+                        outcome: str) -> ContextLengthExceeded:
+        """The slot's error for a prompt over the context window, naming both sizes as well as
+        they can be known: the server's numbers, else its tokenizer's count, else the byte bound."""
+        model = self.client.model
+        tokens = tokens if tokens is not None else await self._count(prompt)
+        size = (f"at most {most_tokens(prompt):,} tokens (estimated: no tokenizer count)" if tokens is None
+                else f"{tokens:,} tokens")
+        window = window or await self.client.tokens.context_window()
+        limit = f"{window:,} tokens" if window is not None else "smaller (its size is not reported)"
+        return ContextLengthExceeded(
+            f"the prompt is {size}, and {model}'s context window is {limit}: {outcome}. Shorten it, or split "
+            "the text with chunk_text(text, max_tokens)", prompt_tokens=tokens, window=window)

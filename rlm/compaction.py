@@ -117,7 +117,7 @@ class Compactor:
         tokens, upto = self._counted
         size = conversation_tokens(tokens, 0, conversation.messages[upto:])
         if self._limit is None:
-            window = self.config.context_window or await self.root.context_window()
+            window = self.config.context_window or await self.root.tokens.context_window()
             self._limit = threshold(self.config.compact_at, window)
         if size < self._limit:
             return False

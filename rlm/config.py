@@ -92,7 +92,9 @@ class RLMConfig(BaseModel):
     keep_turns: int = Field(default=2, ge=0, description="Latest turns a compaction keeps as they are.")
     summary_model: str | None = Field(default=None, description="Model that writes summaries (default: root).")
     context_window: int | None = Field(default=None, ge=1,
-                                       description="The root model's context, when its server does not report it.")
+                                       description="The model's context window, where its server reports none.")
+    sub_context_window: int | None = Field(default=None, ge=1,
+                                           description="The sub-model's, when it differs (default: context_window).")
 
     temperature: float | None = None
     max_tokens: int | None = Field(default=None, description="Per root completion.")

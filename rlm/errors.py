@@ -30,6 +30,12 @@ class ModelError(RLMError):
 class ContextLengthExceeded(ModelError):
     """The prompt does not fit the model's context window."""
 
+    def __init__(self, message: str, *, prompt_tokens: int | None = None, window: int | None = None) -> None:
+        """`prompt_tokens` and `window`: the sizes, where known (servers often name them)."""
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.window = window
+
 
 class BudgetExhausted(RLMError):
     """The call tree's token or cost budget is spent: no further model request is made."""

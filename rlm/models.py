@@ -1,4 +1,5 @@
-"""OpenAI-compatible chat client: one request, its usage, typed errors.
+"""OpenAI-compatible chat client: one request, its usage, typed errors, and the server's
+tokenizer and context window (`ModelClient.tokens`).
 
 Retries on 408/409/429, 5xx and connection errors (exponential backoff with jitter) are the
 openai SDK's own; we set their number and the timeout, and turn what is left into `ModelError`.
@@ -15,12 +16,14 @@ from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletion, ChatCompletionMessageFunctionToolCall
 
 from .errors import ContextLengthExceeded, ModelError
+from .tokens import ServerTokens, overflow_numbers
 from .trajectory import TokenUsage
 
 if TYPE_CHECKING:
     from .config import RLMConfig
 
-_CONTEXT_HINTS = ("context length", "context_length", "context window", "maximum context", "too many tokens")
+_CONTEXT_HINTS = ("context length", "context_length", "context window", "maximum context", "maximum model length",
+                  "too many tokens")
 
 
 @dataclass
@@ -56,13 +59,16 @@ class ModelClient:
         timeout: float = 600.0,
         max_retries: int = 3,
         defaults: dict[str, Any] | None = None,
+        context_window: int | None = None,
     ) -> None:
+        """`context_window`: the model's, for when the server does not report it."""
         self.model = model
         self.defaults = {k: v for k, v in (defaults or {}).items() if v is not None}
         # Local servers (vLLM, llama.cpp) ignore the key, but the SDK insists on one.
         self._client = AsyncOpenAI(
             base_url=base_url, api_key=api_key or "EMPTY", timeout=timeout, max_retries=max_retries
         )
+        self.tokens = ServerTokens(self._client, model, context_window=context_window)
 
     @classmethod
     def from_config(cls, config: RLMConfig, role: Literal["root", "sub"] = "root") -> ModelClient:
@@ -71,8 +77,9 @@ class ModelClient:
         defaults = {"temperature": config.temperature, "max_tokens": config.max_tokens, "extra_body": config.extra_body}
         if role == "root" and config.logprobs:  # llama.cpp returns logprobs only with top_logprobs
             defaults.update(logprobs=True, top_logprobs=1)
+        window = config.context_window if role == "root" else config.sub_context_window or config.context_window
         return cls(model, base_url=base_url, api_key=api_key, timeout=config.request_timeout,
-                   max_retries=config.max_retries, defaults=defaults)
+                   max_retries=config.max_retries, defaults=defaults, context_window=window)
 
     async def complete(
         self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None
@@ -93,7 +100,11 @@ class ModelClient:
         except openai.BadRequestError as exc:
             text = str(exc).lower()
             if any(hint in text for hint in _CONTEXT_HINTS):
-                raise ContextLengthExceeded(f"{self.model}: prompt exceeds the context window: {exc}") from exc
+                prompt_tokens, window = overflow_numbers(str(exc))
+                if window is not None:
+                    self.tokens.learn_window(window)
+                raise ContextLengthExceeded(f"{self.model}: prompt exceeds the context window: {exc}",
+                                            prompt_tokens=prompt_tokens, window=window) from exc
             raise ModelError(f"{self.model}: request rejected: {exc}") from exc
         except openai.OpenAIError as exc:
             raise ModelError(f"{self.model}: {type(exc).__name__}: {exc}") from exc
@@ -131,19 +142,6 @@ class ModelClient:
             prompt_ids=getattr(response, "prompt_token_ids", None) or getattr(choice, "prompt_token_ids", None),
             completion_ids=getattr(choice, "token_ids", None),
         )
-
-    async def context_window(self) -> int | None:
-        """The model's context length as its server reports it (vLLM: `max_model_len` in
-        /v1/models), or None when it does not."""
-        try:
-            page = await self._client.models.list()
-        except openai.OpenAIError:
-            return None
-        for model in page.data:
-            if model.id == self.model:
-                value = (model.model_extra or {}).get("max_model_len")
-                return value if isinstance(value, int) else None
-        return None
 
     async def close(self) -> None:
         await self._client.close()

@@ -76,7 +76,11 @@ _LLM_BATCH = {
         "Sends every prompt to a sub-LLM in parallel and returns the completions in the same "
         "order. Sub-LLMs see only the prompt you write, so put the relevant slice of `context` "
         "and a precise instruction in each one. A prompt that fails comes back as a string "
-        "starting with \"[error]\". Batch many prompts in one call rather than calling in a loop."
+        "starting with \"[error]\". Batch many prompts in one call rather than calling in a loop.\n"
+        "A prompt longer than the sub-LLM's context window fails with an error naming both sizes. "
+        "`chunk_text(text, max_tokens) -> list[str]` splits a text into consecutive pieces of at most "
+        "`max_tokens` of the sub-LLM's tokens, cut at paragraphs, lines or words (''.join(pieces) == "
+        "text): leave room in `max_tokens` for your instruction and the reply."
     ),
 }
 _NESTED = (

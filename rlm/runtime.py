@@ -1,4 +1,5 @@
-"""The RLM's side inside the kernel: `llm_batch`, `pip_install`, the answer's state, data loading.
+"""The RLM's side inside the kernel: `llm_batch`, `chunk_text`, `pip_install`, the answer's state,
+data loading.
 
 Standard library only: `rlm.repl` installs this source as the kernel module `rlm_runtime`, binds
 `rpc` in it to the sandbox's transport (`sandbox.rpc`), and puts only `USER_NAMES` and `answer`
@@ -13,8 +14,10 @@ import importlib.metadata
 import json
 import os
 import pathlib
+import re
 import sys
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +25,10 @@ if TYPE_CHECKING:  # bound by the installer in the kernel
     from sandbox import rpc
 
 #: What the user's namespace gets from this module.
-USER_NAMES = ("llm_batch", "pip_install")
+USER_NAMES = ("llm_batch", "chunk_text", "pip_install")
+
+#: Tokens a tokenizer may add to a text's own: a BOS token and a leading-space marker.
+ADDED_TOKENS = 2
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,7 @@ class Limits:
     answer_chars: int = 2_000_000
     prompt_chars: int = 2_000_000
     request_bytes: int = 16 << 20
+    chunk_text_chars: int = 100_000_000
 
 
 LIMITS = Limits()
@@ -63,19 +70,162 @@ def llm_batch(prompts: list[str]) -> list[str]:
         raise ValueError(f"prompts longer than {LIMITS.prompt_chars:,} characters at positions {too_long[:10]}: "
                          "split them")
     results: list[str] = []
+    for batch in _batches(prompts):
+        results += _request("llm_batch", prompts=batch)
+    return results
+
+
+def _batches(texts: list[str], max_items: int | None = None) -> Iterator[list[str]]:
+    """`texts` in order, in runs that each fit one request (and hold at most `max_items`)."""
     batch: list[str] = []
     size = 0
     budget = LIMITS.request_bytes - rpc.ENVELOPE_BYTES
-    for prompt in prompts:
-        cost = rpc.json_bytes(json.dumps(prompt, ensure_ascii=False)) + 2  # in the request, then the message
-        if batch and size + cost > budget:
-            results += _request("llm_batch", prompts=batch)
+    for text in texts:
+        cost = rpc.json_bytes(json.dumps(text, ensure_ascii=False)) + 2  # in the request, then the message
+        if batch and (size + cost > budget or len(batch) == max_items):
+            yield batch
             batch, size = [], 0
-        batch.append(prompt)
+        batch.append(text)
         size += cost
     if batch:
-        results += _request("llm_batch", prompts=batch)
-    return results
+        yield batch
+
+
+def most_tokens(text: str) -> int:
+    """An upper bound on the tokens of `text` that holds for byte-level BPE and byte-fallback
+    tokenizers alike: every token covers at least one UTF-8 byte, and digit-splitting
+    tokenizers (Qwen, SmolLM2) reach that bound on numbers, so no smaller ratio is safe."""
+    return _size(text) + ADDED_TOKENS
+
+
+def chunk_text(text: str, max_tokens: int) -> list[str]:
+    """Split `text` into consecutive chunks of at most `max_tokens` tokens each, cut at paragraph,
+    then line, then word boundaries where possible; ''.join(chunks) == text.
+
+    Tokens are counted by the sub-model's server where it has a tokenizer, else bounded by one
+    per UTF-8 byte (safe, but chunks come out smaller). Each chunk also fits one llm_batch prompt.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"chunk_text splits a str, not {type(text).__name__}")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+        raise TypeError(f"max_tokens must be an int, not {type(max_tokens).__name__}")
+    if max_tokens <= 0:
+        raise ValueError(f"max_tokens must be positive, not {max_tokens}")
+    if len(text) > LIMITS.chunk_text_chars:
+        raise ValueError(f"chunk_text takes at most {LIMITS.chunk_text_chars:,} characters at once, not "
+                         f"{len(text):,}: chunk slices of the text")
+    if not text:
+        return []
+    samples = _samples(text)
+    counts = _count_tokens(samples)
+    if counts is None:
+        budget = max_tokens - ADDED_TOKENS
+    else:  # aim a little under the measured bytes per token; chunks still over are split in `_fit`
+        budget = int(max_tokens * _AIM * sum(map(_size, samples)) / max(sum(counts), 1))
+    return _fit(_pack(text, max(budget, 1)), max_tokens)
+
+
+#: Share of `max_tokens` that chunks are packed to, by the measured bytes per token.
+_AIM = 0.9
+#: Slices of the text whose token counts give its bytes per token, and their length.
+_SAMPLES, _SAMPLE_CHARS = 8, 4096
+#: Texts in one count_tokens request, at most.
+_COUNT_BATCH = 256
+_LINE = re.compile(r"[^\n]*\n|[^\n]+")
+_WORD = re.compile(r"\s*\S+\s*|\s+")
+_no_tokenizer = False  # set once the host said the sub-model's server has no tokenizer
+
+
+def _size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _samples(text: str) -> list[str]:
+    step = max(len(text) // _SAMPLES, _SAMPLE_CHARS)
+    return [text[start : start + _SAMPLE_CHARS] for start in range(0, len(text), step)][:_SAMPLES]
+
+
+def _count_tokens(texts: list[str]) -> list[int] | None:
+    """The server's token count of each text, asked in few requests; None when it has no tokenizer."""
+    global _no_tokenizer
+    counts: list[int] = []
+    for batch in _batches(texts, _COUNT_BATCH):
+        reply = None if _no_tokenizer else _request("count_tokens", texts=batch)
+        if reply is None:
+            _no_tokenizer = True
+            return None
+        if not (isinstance(reply, list) and len(reply) == len(batch)
+                and all(type(n) is int and n >= 0 for n in reply)):
+            raise RuntimeError("count_tokens: the host's reply is not one count per text")
+        counts += reply
+    return counts
+
+
+def _fit(chunks: list[str], max_tokens: int) -> list[str]:
+    """Count every chunk that might be over `max_tokens` and split those that are, until none is."""
+    pieces = [(chunk, most_tokens(chunk) <= max_tokens) for chunk in chunks]
+    while True:
+        unsure = [piece for piece, fits in pieces if not fits]
+        if not unsure:
+            return [piece for piece, _ in pieces]
+        counts = iter(_count_tokens(unsure) or [most_tokens(piece) for piece in unsure])
+        split: list[tuple[str, bool]] = []
+        for piece, fits in pieces:
+            count = max_tokens if fits else next(counts)
+            if count <= max_tokens:
+                split.append((piece, True))
+            elif len(piece) == 1:
+                raise ValueError(f"max_tokens={max_tokens} is too small: the character {piece!r} alone counts "
+                                 f"{count} tokens")
+            else:  # shrinks every round: each overflowing piece is cut in at least two
+                budget = min(_size(piece) - 1, int(_size(piece) * max_tokens * _AIM / count))
+                split += [(part, most_tokens(part) <= max_tokens) for part in _pack(piece, max(budget, 1))]
+        pieces = split
+
+
+def _pack(text: str, budget: int) -> list[str]:
+    """Consecutive runs of `text` of at most `budget` UTF-8 bytes (a longer single character
+    stays whole) and at most one prompt's characters, cut after the last blank line when that
+    keeps over half the run, else after the last line or word that fits."""
+    max_chars = LIMITS.prompt_chars
+    chunks: list[str] = []
+    run: list[tuple[str, int]] = []
+    size = chars = 0
+    for piece, piece_size in _pieces(text, budget, max_chars):
+        if run and (size + piece_size > budget or chars + len(piece) > max_chars):
+            breaks = [i + 1 for i, (p, _) in enumerate(run) if p.endswith("\n") and not p.strip()]
+            keep = breaks[-1] if breaks and 2 * breaks[-1] > len(run) else len(run)
+            chunks.append("".join(p for p, _ in run[:keep]))
+            run = run[keep:]
+            size, chars = sum(n for _, n in run), sum(len(p) for p, _ in run)
+            if run and (size + piece_size > budget or chars + len(piece) > max_chars):
+                chunks.append("".join(p for p, _ in run))
+                run, size, chars = [], 0, 0
+        run.append((piece, piece_size))
+        size += piece_size
+        chars += len(piece)
+    if run:
+        chunks.append("".join(p for p, _ in run))
+    return chunks
+
+
+def _pieces(text: str, budget: int, max_chars: int) -> Iterator[tuple[str, int]]:
+    """`text` as lines with their sizes; a line over the budget as words; a word over it as
+    character runs."""
+    for match in _LINE.finditer(text):
+        line = match.group()
+        size = _size(line)
+        if size <= budget and len(line) <= max_chars:
+            yield line, size
+            continue
+        for word in _WORD.finditer(line):
+            start, end = word.span()
+            while start < end:
+                cut = min(end - start, budget, max_chars)
+                while cut > 1 and _size(line[start : start + cut]) > budget:  # non-ASCII: fewer fit
+                    cut = max(1, cut * budget // _size(line[start : start + cut]))
+                yield line[start : start + cut], _size(line[start : start + cut])
+                start += cut
 
 
 def proxy(name: str, doc: str) -> Any:

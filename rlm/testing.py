@@ -72,21 +72,23 @@ class ScriptedServer:
         root_marker: str = ROOT_MARKER,
         hold_until_in_flight: int = 0,
         hold_timeout: float = 120.0,
+        tokenizer: Callable[[str], int] | None = None,
         max_model_len: int | None = None,
     ) -> None:
         """`root_marker`: text of the root model's system prompt that tells root requests from
         sub-calls (another library's prompt needs its own). `hold_until_in_flight`: sub-call
         replies wait until that many sub-calls are in flight at once (then never again), so a
         test sees a concurrency level however slow the machine; past `hold_timeout` seconds they
-        fail with a status 500 that says how many arrived. `max_model_len`: the context length
-        `GET /v1/models` reports for every model asked for so far, as vLLM reports it."""
+        fail with a status 500 that says how many arrived. `tokenizer` (text -> token count) serves
+        vLLM's `POST /tokenize`; `max_model_len` is reported there and on `GET /v1/models` for
+        every model asked for so far, as vLLM does (the window is not enforced: script a 400 reply
+        for that)."""
         self._root_queue = list(root) if not callable(root) else None
         self._root_fn = root if callable(root) else None
         self._sub = sub
         self.sub_latency = sub_latency
         self.root_latency = root_latency
         self.root_marker = root_marker
-        self.max_model_len = max_model_len
         self.requests: list[dict[str, Any]] = []
         self.bodies: list[bytes] = []
         self.headers: list[dict[str, str]] = []  # per POST, names lower-cased
@@ -97,6 +99,10 @@ class ScriptedServer:
         self.peak_requests_in_flight = 0
         self.hold_until_in_flight = hold_until_in_flight
         self.hold_timeout = hold_timeout
+        self.tokenizer = tokenizer
+        self.max_model_len = max_model_len
+        #: (path, body) of every request off the chat route (tokenizer probes and counts), in order.
+        self.tokenize_requests: list[tuple[str, dict[str, Any]]] = []
         self._lock = threading.Lock()
         self._in_flight_changed = threading.Condition(self._lock)
         self._httpd = _Server(("127.0.0.1", 0), self._handler_class())
@@ -162,6 +168,16 @@ class ScriptedServer:
                     self.in_flight -= 1
         return _completion(request, reply)
 
+    def tokenize(self, path: str, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """vLLM's `POST /tokenize` (vllm/entrypoints/openai/protocol.py `TokenizeCompletionRequest`
+        -> `TokenizeResponse`), when a tokenizer is given; any other route is not found."""
+        with self._lock:
+            self.tokenize_requests.append((path, request))
+        if path != "/tokenize" or self.tokenizer is None:
+            return 404, {"error": {"message": f"no route {path}", "type": "NotFoundError"}}
+        count = self.tokenizer(request["prompt"])
+        return 200, {"count": count, "max_model_len": self.max_model_len or 0, "tokens": list(range(count))}
+
     def _hold(self) -> bool:
         """Wait until `hold_until_in_flight` sub-calls were in flight at once; False on timeout."""
         with self._lock:
@@ -180,6 +196,9 @@ class ScriptedServer:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if not self.path.endswith("/chat/completions"):
+                    self._send(*server.tokenize(self.path, json.loads(body)))
+                    return
                 with server._lock:
                     server.bodies.append(body)
                     server.headers.append({k.lower(): v for k, v in self.headers.items()})
