@@ -20,8 +20,10 @@ from pydantic_core import to_jsonable_python
 
 from sandbox import Reply, valid_text
 
+from . import images
 from .errors import BudgetExhausted, ContextLengthExceeded, ModelError, RLMError
 from .events import SubCallDone, head
+from .images import Prompt
 from .models import Completion, ModelClient
 from .runtime import most_tokens
 from .state import RunState
@@ -101,13 +103,22 @@ class Broker:
 
     async def llm_batch(self, request: dict[str, Any]) -> Reply:
         config = self.run.config
-        prompts = request.get("prompts")
-        if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
-            return Reply.failed("llm_batch needs a list of strings")
-        if len(prompts) > config.max_batch_prompts:
+        items = request.get("prompts")
+        if not isinstance(items, list):
+            return Reply.failed("llm_batch needs a list of prompts")
+        if len(items) > config.max_batch_prompts:
             return Reply.failed(f"llm_batch takes at most {config.max_batch_prompts:,} prompts per call")
-        prompts = [valid_text(p) for p in prompts]  # the request's JSON may spell lone surrogates
-        too_long = [i for i, p in enumerate(prompts) if len(p) > config.max_prompt_chars]
+        prompts: list[Prompt] = []
+        for index, item in enumerate(items):
+            parsed = images.parse(item, max_image_bytes=config.max_image_bytes, max_images=config.max_images)
+            if isinstance(parsed, str):
+                return Reply.failed(f"prompt {index}: {parsed}")
+            if parsed.images and not config.sub_vision:
+                return Reply.failed(f"prompt {index} has images, but the sub-model {self.client.model} is text-only "
+                                    "here: set sub_vision=True for a vision model (e.g. Qwen2.5-VL on vLLM)")
+            # the request's JSON may spell lone surrogates
+            prompts.append(Prompt(valid_text(parsed.text), parsed.images))
+        too_long = [i for i, p in enumerate(prompts) if len(p.text) > config.max_prompt_chars]
         if too_long:
             return Reply.failed(f"prompts longer than {config.max_prompt_chars:,} characters at positions "
                                 f"{too_long[:10]}")
@@ -145,14 +156,14 @@ class Broker:
         self.run.recorded_chars += len(prompt)
         return prompt
 
-    async def _one(self, prompt: str) -> str:
+    async def _one(self, prompt: Prompt) -> str:
         run = self.run
-        record = SubCall(turn=run.turn, depth=run.depth + 1, prompt=self._recorded(prompt))
+        record = SubCall(turn=run.turn, depth=run.depth + 1, prompt=self._recorded(prompt.recorded()))
         run.result.sub_calls.append(record)
         started = time.monotonic()
         try:
             if run.config.max_depth > 1 and self.spawn_child is not None:
-                await self._nested(prompt, record)  # holds no request slot: its own requests take them
+                await self._nested(prompt.text, record)  # holds no request slot: its own requests take them
             else:
                 await asyncio.wait_for(self._complete(prompt, record), run.config.request_timeout)
         except Exception as exc:  # a sub-call's failure is its slot's error, never the run's
@@ -160,7 +171,7 @@ class Broker:
             if not isinstance(exc, (RLMError, TimeoutError)):
                 log.exception("sub-call failed unexpectedly")
         record.latency = time.monotonic() - started
-        run.emit(SubCallDone(turn=record.turn, prompt=head(prompt), completion=head(record.completion),
+        run.emit(SubCallDone(turn=record.turn, prompt=head(prompt.text), completion=head(record.completion),
                              error=record.error, latency=record.latency))
         return f"[error] {record.error}" if record.error else record.completion
 
@@ -175,7 +186,7 @@ class Broker:
         if child.status != "ready":
             record.error = f"nested run ended with status {child.status}: {child.error or ''}".rstrip(": ")
 
-    async def _complete(self, prompt: str, record: SubCall) -> None:
+    async def _complete(self, prompt: Prompt, record: SubCall) -> None:
         """A plain sub-LLM call, through the run's tools for up to `sub_max_turns` replies; each
         request holds a slot of the tree's concurrency and is charged to its budget."""
         run = self.run
@@ -192,11 +203,12 @@ class Broker:
             return completion
 
         max_turns = run.config.sub_max_turns
-        await self._check_fits(prompt)
+        await self._check_fits(prompt.text)
         try:
-            record.completion, record.tool_calls, finished = await self.toolbox.converse(complete, prompt, max_turns)
+            record.completion, record.tool_calls, finished = await self.toolbox.converse(
+                complete, prompt.content(), max_turns)
         except ContextLengthExceeded as exc:
-            raise await self._overflow(prompt, exc.prompt_tokens, exc.window, "the server refused it") from exc
+            raise await self._overflow(prompt.text, exc.prompt_tokens, exc.window, "the server refused it") from exc
         if not finished:
             record.error = f"sub-LLM still calling tools after {max_turns} turns"
 

@@ -83,6 +83,9 @@ class RLMConfig(BaseModel):
                                     description="Sub-call prompt text kept in the Result; then heads only.")
     preview_chars: int = Field(default=500, ge=0)
 
+    sub_vision: bool = Field(default=False, description="The sub-model takes images (llm_batch prompts with images).")
+    max_image_bytes: int = Field(default=5 << 20, ge=1, description="One image of an llm_batch prompt.")
+    max_images: int = Field(default=8, ge=1, description="Images in one llm_batch prompt.")
     sub_tools: list[Callable[..., Any]] = Field(default_factory=list)
     sub_max_turns: int = Field(default=8, ge=1)
 

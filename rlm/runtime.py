@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import importlib
 import importlib.metadata
+import io
 import json
 import os
 import pathlib
@@ -53,19 +54,20 @@ def _request(method: str, **params: Any) -> Any:
     return rpc.request(method, params, LIMITS.request_bytes)
 
 
-def llm_batch(prompts: list[str]) -> list[str]:
+def llm_batch(prompts: list[str | dict[str, Any]]) -> list[str]:
     """Send every prompt to a sub-LLM in parallel; returns the completions in input order.
 
-    A prompt that fails yields a string starting with "[error]" in its slot. A batch too large
-    for one request is sent as several, in order.
+    A prompt is a str, or {"text": str, "images": [PIL image or image bytes, ...]} for a vision
+    sub-model. A prompt that fails yields a string starting with "[error]" in its slot. A batch
+    too large for one request is sent as several, in order.
     """
-    if isinstance(prompts, str):
+    if isinstance(prompts, (str, dict)):
         raise TypeError("llm_batch takes a list of prompts: use llm_batch([prompt])")
-    prompts = list(prompts)
-    wrong = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
+    prompts = [_with_images(p) if isinstance(p, dict) else p for p in prompts]
+    wrong = [i for i, p in enumerate(prompts) if not isinstance(p, (str, dict))]
     if wrong:
-        raise TypeError(f"llm_batch prompts must be strings; not at positions {wrong[:10]}")
-    too_long = [i for i, p in enumerate(prompts) if len(p) > LIMITS.prompt_chars]
+        raise TypeError(f"llm_batch prompts must be strings (or dicts with images); not at positions {wrong[:10]}")
+    too_long = [i for i, p in enumerate(prompts) if len(p if isinstance(p, str) else p["text"]) > LIMITS.prompt_chars]
     if too_long:
         raise ValueError(f"prompts longer than {LIMITS.prompt_chars:,} characters at positions {too_long[:10]}: "
                          "split them")
@@ -75,7 +77,25 @@ def llm_batch(prompts: list[str]) -> list[str]:
     return results
 
 
-def _batches(texts: list[str], max_items: int | None = None) -> Iterator[list[str]]:
+def _with_images(prompt: dict[str, Any]) -> dict[str, Any]:
+    """A prompt with images, as the request carries it: the text, and each image's bytes in base64
+    (a PIL image as PNG)."""
+    text, images = prompt.get("text"), prompt.get("images", [])
+    if not isinstance(text, str) or not isinstance(images, (list, tuple)):
+        raise TypeError('a prompt with images is {"text": str, "images": [image, ...]}')
+    encoded = []
+    for image in images:
+        if hasattr(image, "save"):  # a PIL image
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            image = buffer.getvalue()
+        if not isinstance(image, (bytes, bytearray)):
+            raise TypeError(f"an image is a PIL image or bytes, not {type(image).__name__}")
+        encoded.append(base64.b64encode(bytes(image)).decode("ascii"))
+    return {"text": text, "images": encoded}
+
+
+def _batches(texts: list[Any], max_items: int | None = None) -> Iterator[list[Any]]:
     """`texts` in order, in runs that each fit one request (and hold at most `max_items`)."""
     batch: list[str] = []
     size = 0

@@ -57,7 +57,8 @@ class Toolbox:
             return f"error: {type(exc).__name__}: {exc}"
         return value if isinstance(value, str) else json.dumps(value, default=str)
 
-    async def converse(self, complete: Complete, prompt: str, max_turns: int) -> tuple[str, int, bool]:
+    async def converse(self, complete: Complete, prompt: str | list[dict[str, Any]],
+                       max_turns: int) -> tuple[str, int, bool]:
         """Ask `prompt` through `complete`, running the tools the model calls, for up to
         `max_turns` replies. Returns the last content, the number of tool calls, and whether
         the model finished."""

@@ -97,3 +97,47 @@ def test_function_names_the_repl_owns_are_refused():
         rlm.RLMConfig(model="m", repl_functions=[answer])
     with pytest.raises(rlm.ConfigError, match="source is not available"):
         rlm.RLMConfig(model="m", sandbox_functions=[len])
+
+
+def png(color: tuple[int, int, int]) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (2, 2), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def test_prompts_with_images_reach_a_vision_sub_model_as_image_parts(scripted):
+    def describe(request):
+        content = request["messages"][-1]["content"]
+        if isinstance(content, str):
+            return "text only"
+        kinds = [part["type"] for part in content]
+        return f"{kinds} {content[1]['image_url']['url'][:22]}"
+
+    code = ("from PIL import Image\n"
+            "r = llm_batch([{'text': 'What colour?', 'images': [Image.new('RGB', (3, 3), (9, 9, 9)), RED]}, "
+            "'plain'])\nprint(r)")
+    server = scripted([fenced(f"RED = {png((255, 0, 0))!r}\n" + code), fenced("answer['ready'] = True")],
+                      sub=describe)
+    result = await run_on(server, None, sub_vision=True)
+    assert result.turns[0].output.strip() == (
+        "[\"['text', 'image_url', 'image_url'] data:image/png;base64,\", 'text only']")
+    parts = server.sub_requests[0]["messages"][-1]["content"]
+    assert parts[0] == {"type": "text", "text": "What colour?"} and len(parts) == 3
+    assert result.sub_calls[0].prompt == "What colour?\n[2 image(s)]"  # no image bytes in the trajectory
+
+
+async def test_images_for_a_text_only_sub_model_or_over_the_limit_are_clear_errors(scripted):
+    code = ("for p in ([{'text': 'x', 'images': [IMG]}], [{'text': 'x', 'images': [b'not an image']}]):\n"
+            "    try:\n        llm_batch(p)\n    except RuntimeError as e:\n        print(str(e)[:70])")
+    server = scripted([fenced(f"IMG = {png((0, 0, 0))!r}\n" + code), fenced("answer['ready'] = True")])
+    text_only = await run_on(server, None)
+    assert "sub-model scripted-root is text-only here" in text_only.turns[0].output
+    server = scripted([fenced(f"IMG = {png((0, 0, 0))!r}\n" + code), fenced("answer['ready'] = True")])
+    small = await run_on(server, None, sub_vision=True, max_image_bytes=10)
+    lines = small.turns[0].output.splitlines()
+    assert "image 0: over 10 bytes" in lines[0] and "not a PNG, JPEG or GIF" in lines[1]
+    assert server.sub_requests == []
