@@ -1,5 +1,5 @@
 """The fast paths keep their promises: a kernel waiting on a request sleeps yet still takes an
-interrupt at once; the kernel starts without debugpy and user code can still import it."""
+interrupt; kernels start without debugpy, which user code can still import; admission bounds hold."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import KernelSandbox, Reply, create_sandbox
+from sandbox import KernelSandbox, Reply, SandboxConfigError, admission, create_sandbox
 from tests.conftest import BACKENDS
 
 REQUEST = "import sandbox_rpc\nprint(sandbox_rpc.request('wait', {}, 1 << 20))"
@@ -94,3 +94,67 @@ async def test_user_code_can_import_debugpy(box):
     # not loaded at start (the launcher skips it); importing it now works, or fails only if absent
     assert result.stdout == "False\n"
     assert result.ok or result.error_name == "ModuleNotFoundError"
+
+
+@pytest.fixture
+def bounds():
+    """Admission bounds for one test, the defaults restored after it."""
+    yield admission.limit_sandboxes
+    admission.limit_sandboxes()
+
+
+async def test_sandboxes_past_the_alive_bound_wait_for_a_close(bounds):
+    bounds(alive_at_once=2)
+    first, second, third = (create_sandbox("unsafe-local") for _ in range(3))
+    await asyncio.gather(first.start(), second.start())
+    waiting = asyncio.ensure_future(third.start())
+    try:
+        await asyncio.sleep(0.5)
+        assert not waiting.done() and admission.alive.in_use == 2
+        await first.close()
+        await waiting  # the closed sandbox's slot went to the waiting one
+        assert (await third.execute("print('in')")).stdout == "in\n"
+    finally:
+        await asyncio.gather(first.close(), second.close(), third.close())
+    assert admission.alive.in_use == 0
+
+
+async def test_starts_past_the_starting_bound_queue_and_all_finish(bounds):
+    bounds(starting_at_once=1)
+    boxes = [create_sandbox("local") for _ in range(3)]
+    peak = 0
+
+    async def watch() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, admission.starting.in_use)
+            await asyncio.sleep(0.005)
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.gather(*(box.start() for box in boxes))
+        outputs = [(await box.execute("print(2 + 2)")).stdout for box in boxes]
+    finally:
+        watcher.cancel()
+        await asyncio.gather(*(box.close() for box in boxes))
+    assert outputs == ["4\n"] * 3 and peak == 1 and admission.starting.in_use == 0
+
+
+async def test_a_cancelled_wait_gives_no_slot_away(bounds):
+    bounds(alive_at_once=1)
+    held, queued = create_sandbox("unsafe-local"), create_sandbox("unsafe-local")
+    await held.start()
+    waiting = asyncio.ensure_future(queued.start())
+    await asyncio.sleep(0.2)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await held.close()
+    await queued.close()
+    assert admission.alive.in_use == 0
+
+
+def test_bounds_must_be_positive_ints(bounds):
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(SandboxConfigError):
+            bounds(alive_at_once=bad)
