@@ -39,10 +39,11 @@ async def pool_acquire(backend: str, runs: int) -> dict[str, float]:
 
 def _memory_bytes(box: Sandbox) -> int:
     """Resident memory charged to one sandbox: its container's or its cgroup's usage."""
-    container = getattr(box, "_container", None)
+    provisioner = getattr(box, "provisioner", box)
+    container = getattr(provisioner, "_container", None)
     if container is not None:
         return int(container.stats(stream=False)["memory_stats"].get("usage", 0))
-    cgroup = getattr(box, "_cgroup", None)
+    cgroup = getattr(provisioner, "_cgroup", None)
     if cgroup is not None:
         for path in cgroup.dirs:
             for name in ("memory.usage_in_bytes", "memory.current"):

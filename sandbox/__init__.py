@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, get_args
 
-from . import rpc
+from . import admission, rpc
+from .admission import limit_sandboxes
 from .base import (
     Backend,
     Delivery,
@@ -68,7 +69,9 @@ __all__ = [
     "SandboxProtocolError",
     "SandboxStartError",
     "SandboxUnavailable",
+    "admission",
     "create_sandbox",
+    "limit_sandboxes",
     "reap_orphans",
     "rpc",
     "valid_text",

@@ -3,6 +3,9 @@
 """Run by each kernel at start-up (as a file, not imported): keeps honest code inside the
 channel limits of `sandbox.base.KernelLimits`.
 
+It also makes a kernel waiting for the reply to a stdin request (`llm_batch` during a slow
+sub-call) sleep instead of polling every 10 ms, so hundreds of waiting kernels cost no CPU.
+
 Stream output leaves in pieces of at most `chunk` characters; display data, results and
 tracebacks are cut to `chunk` characters with a visible mark. User expressions are not cut:
 they travel on the shell channel, whose limit is larger. Hostile code can undo all of this;
@@ -48,6 +51,8 @@ def _rlm_guard(chunk):
                     del data[key]  # an image or other binary payload cannot be cut and stay valid
         return data
 
+    if "debugpy" in sys.modules and sys.modules["debugpy"] is None:  # blocked for start-up only
+        del sys.modules["debugpy"]
     shell = get_ipython()
     publish = shell.display_pub.publish
     shell.display_pub.publish = lambda data, *args, **kwargs: publish(cut_data(dict(data)), *args, **kwargs)
@@ -66,3 +71,70 @@ def _rlm_guard(chunk):
         return show(etype, Short(evalue), [cut(line) for line in stb[-200:]])
 
     shell._showtraceback = showtraceback
+    _rlm_quiet_input(shell.kernel)
+
+
+def _rlm_quiet_input(kernel):
+    """Replace ipykernel's wait for an input reply (a `zmq.select` every 10 ms, so that SIGINT is
+    noticed) with a sleep in `zmq.poll` that a signal wakes through `signal.set_wakeup_fd`:
+    an interrupt still lands at once, and waiting costs nothing."""
+    import os
+    import signal
+    import sys
+    import types
+
+    import zmq
+
+    # Installed once, from the main thread (start-up files run there), and never closed: nothing
+    # else in the kernel sets a wake-up fd, and one left behind can do no harm.
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_read, False)
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+
+    def wait_for_reply(socket):
+        """Whether `socket` became readable; returns early on any signal so its handler runs
+        (SIGINT raises KeyboardInterrupt). The one-second bound covers code that replaced the
+        wake-up fd, or waits off the main thread: a signal is then noticed within a second."""
+        try:
+            while os.read(wake_read, 512):  # signals already handled
+                pass
+        except BlockingIOError:
+            pass
+        poller = zmq.Poller()
+        poller.register(socket, zmq.POLLIN | zmq.POLLERR)
+        poller.register(wake_read, zmq.POLLIN)
+        return socket in dict(poller.poll(1000))
+
+    def input_request(self, prompt, ident, parent, password=False):
+        if sys.stdout is not None:
+            sys.stdout.flush()
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        while True:  # stale replies from an earlier, interrupted request
+            try:
+                self.stdin_socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        self.session.send(self.stdin_socket, "input_request", {"prompt": prompt, "password": password},
+                          parent, ident=ident)
+        while True:
+            try:
+                if wait_for_reply(self.stdin_socket):
+                    ident, reply = self.session.recv(self.stdin_socket)
+                    if (ident, reply) != (None, None):
+                        break
+            except KeyboardInterrupt:
+                raise KeyboardInterrupt("Interrupted by user") from None
+            except Exception:
+                self.log.warning("Invalid Message:", exc_info=True)
+        try:
+            value = reply["content"]["value"]
+        except Exception:
+            self.log.error("Bad input_reply: %s", parent)
+            value = ""
+        if value == "\x04":
+            raise EOFError
+        return value
+
+    kernel._input_request = types.MethodType(input_request, kernel)

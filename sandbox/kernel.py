@@ -26,7 +26,7 @@ from typing import Any
 from jupyter_client.connect import write_connection_file
 from jupyter_client.session import Session
 
-from . import rpc
+from . import admission, rpc
 from .base import (
     Delivery,
     ExecutionResult,
@@ -382,6 +382,7 @@ class KernelSandbox(Sandbox):
         self._launches = 0
         self._deliveries = 0
         self._closed = False
+        self._admitted = False  # holds a slot of `admission.alive`
 
     @property
     def workdir(self) -> str:
@@ -404,6 +405,19 @@ class KernelSandbox(Sandbox):
     async def start(self) -> None:
         if self._closed:
             raise SandboxStartError("this sandbox is closed")
+        admitted_now = not self._admitted
+        if admitted_now:
+            await admission.alive.acquire()  # held until close(), across restarts
+            self._admitted = True
+        try:
+            await self._start()
+        except BaseException:
+            if admitted_now:
+                self._admitted = False
+                admission.alive.release()
+            raise
+
+    async def _start(self) -> None:
         if self.root is None:
             if not shutil.rmtree.avoids_symlink_attacks:  # the cleanup relies on it
                 raise SandboxUnavailable("this platform's shutil.rmtree can follow symlinks")
@@ -430,18 +444,22 @@ class KernelSandbox(Sandbox):
         # Run as a file, not as a cell: a cell's output capture would undo the stream patch.
         guard = ipcdir / _GUARD_FILE
         chunk = max(1024, self.limits.output_message_bytes // 16)
-        guard.write_text(f"{_GUARD_SOURCE}\n_rlm_guard({chunk})\ndel _rlm_guard\n{rpc.kernel_code()}")
+        guard.write_text(f"{_GUARD_SOURCE}\n_rlm_guard({chunk})\ndel _rlm_guard, _rlm_quiet_input\n{rpc.kernel_code()}")
         guard.chmod(0o644)
         self.provisioner.grant(ipcdir)
         self._ipc_fd = os.open(ipcdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         launch = Launch(args=_kernel_args(connection_file), environment=self._environment(),
                         ipcdir=ipcdir, inbox=self.inbox, log_bytes=self.limits.raw_output_bytes)
         try:
-            await self.provisioner.launch(launch)
-            await self._wait_for_sockets(info)
-            self._session = KernelSession(info, self._ipc_fd, self.limits)
-            await self._session.connect()
-            await self._session.wait_ready(self.startup_timeout, self.provisioner.alive)
+            await admission.starting.acquire()
+            try:
+                await self.provisioner.launch(launch)
+                await self._wait_for_sockets(info)
+                self._session = KernelSession(info, self._ipc_fd, self.limits)
+                await self._session.connect()
+                await self._session.wait_ready(self.startup_timeout, self.provisioner.alive)
+            finally:
+                admission.starting.release()
             self._seal_ipc(connection_file.name)
         except (SandboxStartError, SandboxCrashed) as exc:
             message = str(exc) if isinstance(exc, SandboxStartError) else f"could not connect to the kernel: {exc}"
@@ -569,14 +587,25 @@ class KernelSandbox(Sandbox):
         if self._closed:
             return
         self._closed = True
-        await self._stop_kernel()
-        if self.root is not None:
-            self.provisioner.cleanup()
-            remove_tree(self.root)
+        try:
+            await self._stop_kernel()
+            if self.root is not None:
+                self.provisioner.cleanup()
+                remove_tree(self.root)
+        finally:
+            if self._admitted:
+                self._admitted = False
+                admission.alive.release()
+
+
+#: `python -m ipykernel_launcher` without importing debugpy, about a third of a kernel's import
+#: time, for a debugger no client of ours uses; the guard lets user code import it again.
+_LAUNCHER = ("import runpy, sys; sys.modules['debugpy'] = None\n"
+             "runpy.run_module('ipykernel_launcher', run_name='__main__', alter_sys=True)")
 
 
 def _kernel_args(connection_file: Path) -> list[str]:
     """The kernel's command line after the interpreter."""
-    return ["-m", "ipykernel_launcher", "-f", str(connection_file),
+    return ["-c", _LAUNCHER, "-f", str(connection_file),
             "--HistoryManager.enabled=False", "--IPKernelApp.quiet=True",
             f"--IPKernelApp.exec_files={connection_file.parent / _GUARD_FILE}"]

@@ -9,6 +9,7 @@ cgroup where the machine allows one, else from rlimits.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import os
@@ -23,6 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .base import SandboxStartError, SandboxUnavailable
@@ -67,6 +69,13 @@ def _python_prefixes(python: str) -> tuple[str, ...]:
 
 
 _CPU_PERIOD_US = 100_000
+
+
+@functools.cache
+def _launcher() -> ThreadPoolExecutor:
+    """The thread every local kernel is forked from: one, never shut down before the process
+    exits (an idle executor thread waits for work and does not end)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlm-kernel-launcher")
 
 
 class Cgroup:
@@ -335,12 +344,23 @@ class LocalProvisioner(Provisioner):
         else:
             argv, env, cwd = [self.python, *launch.args], launch.environment, self.workdir
         self._tail = OutputTail(launch.log_bytes)
+        tail_fd = self._tail.write_fd
+
+        def spawn() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=tail_fd, stderr=tail_fd,
+                                    start_new_session=True, preexec_fn=self._limit_child)
+
         try:
-            # Launched from the calling thread: bwrap's --die-with-parent follows this thread.
-            self._proc = subprocess.Popen(
-                argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=self._tail.write_fd,
-                stderr=self._tail.write_fd, start_new_session=True, preexec_fn=self._limit_child,
-            )
+            # Forking a large controller takes milliseconds: off the event loop, on the one
+            # launcher thread, which lives as long as the process. bwrap's --die-with-parent
+            # follows the launching thread, so a short-lived thread would kill the sandbox.
+            spawned = asyncio.get_running_loop().run_in_executor(_launcher(), spawn)
+            try:
+                self._proc = await asyncio.shield(spawned)
+            except asyncio.CancelledError:  # the fork goes on regardless: keep what kill() must end
+                with contextlib.suppress(Exception):
+                    self._proc = await spawned
+                raise
         except OSError as exc:
             raise SandboxStartError(f"could not launch the kernel: {exc}") from exc
 
