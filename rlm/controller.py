@@ -70,6 +70,7 @@ class Controller:
                     result.timings.sandbox_start = time.monotonic() - started
                 run.question = len(conversation.messages)
                 conversation.append({"role": "user", "content": prompt})
+                result.messages = conversation.messages  # a live view while it runs; a copy at the end
                 await self._loop(run, root, broker)
         except TimeoutError:
             result.status = "timeout"

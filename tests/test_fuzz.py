@@ -44,6 +44,7 @@ from rlm import prompts
 from rlm.broker import Broker
 from rlm.config import RLMConfig
 from rlm.controller import Controller
+from rlm.conversation import Conversation
 from rlm.models import ModelClient
 from rlm.state import RunState
 from rlm.testing import ScriptedServer, fenced
@@ -442,7 +443,7 @@ class RpcBench:
 
     async def start(self) -> RpcBench:
         self.client = ModelClient.from_config(self.config, "sub")
-        self.broker = Broker(RunState.new(self.config), self.client)
+        self.broker = Broker(RunState.new(self.config, Conversation(self.config)), self.client)
         await self.sandbox.start()
         await self._setup()
         return self
