@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +21,12 @@ import docker
 import docker.errors
 import requests
 from docker.types import LogConfig
+from typing_extensions import Unpack
 
 from .base import SandboxStartError, SandboxUnavailable
 from .image import build_image
-from .local import SANDBOX_UID, WORKDIR, parse_bytes
-from .provisioner import Launch, Provisioner
+from .local import SANDBOX_UID, WORKDIR
+from .provisioner import Launch, Provisioner, Resources
 
 log = logging.getLogger("rlm.sandbox")
 
@@ -76,20 +76,10 @@ class DockerProvisioner(Provisioner):
         self,
         *,
         image: str | None = None,
-        memory_limit: int | str = "4g",
-        cpus: float = 1.0,
-        max_processes: int = 256,
-        tmp_size: int | str = "1g",
-        disk_limit: int | str = "2g",
-        mounts: Sequence[str | Path] = (),
+        **resources: Unpack[Resources],
     ) -> None:
+        super().__init__(**resources)
         self.image = image
-        self.memory_limit = parse_bytes(memory_limit)
-        self.cpus = cpus
-        self.max_processes = max_processes
-        self.tmp_size = parse_bytes(tmp_size)
-        self.disk_limit = parse_bytes(disk_limit)
-        self.mounts = [Path(m).resolve() for m in mounts]
         self.workdir = WORKDIR
         self.client: Any = None
         self._container: Any = None
@@ -135,7 +125,7 @@ class DockerProvisioner(Provisioner):
                 init=True, network_mode="none", read_only=True, user="0:0",
                 cap_drop=["ALL"], cap_add=["KILL", "SETUID", "SETGID"], security_opt=["no-new-privileges"],
                 mem_limit=self.memory_limit, memswap_limit=self.memory_limit,
-                nano_cpus=int(self.cpus * 1e9), pids_limit=self.max_processes,
+                nano_cpus=int(self.cpus * 1e9) if self.cpus else None, pids_limit=self.max_processes,
                 tmpfs={"/tmp": f"size={self.tmp_size},mode=1777",
                        # owned by the kernel's user: the engine resets the mode of a tmpfs that is the cwd
                        self.workdir: f"size={self.disk_limit},mode=0700,uid={SANDBOX_UID},gid={SANDBOX_UID}"},

@@ -23,13 +23,14 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from typing_extensions import Unpack
+
 from .base import SandboxStartError, SandboxUnavailable
 from .cleanup import controller_gone
-from .provisioner import Launch, Provisioner
+from .provisioner import Launch, Provisioner, Resources
 
 #: Unprivileged identity the kernel drops to when the controller runs as root ("nobody").
 SANDBOX_UID = 65534
@@ -40,17 +41,6 @@ _INSTALL_HINT = (
     "bubblewrap is not installed: run `apt-get install bubblewrap` (Debian/Ubuntu) or "
     "`dnf install bubblewrap`, or pass sandbox='unsafe-local' to run without isolation"
 )
-
-
-def parse_bytes(size: int | str) -> int:
-    """'512m' / '4g' / 1024 -> bytes."""
-    if isinstance(size, int):
-        return size
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    text = size.strip().lower().rstrip("b")
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
 
 
 @functools.lru_cache(maxsize=8)
@@ -211,21 +201,11 @@ class LocalProvisioner(Provisioner):
         *,
         isolated: bool = True,
         python: str | None = None,
-        memory_limit: int | str = "4g",
-        cpus: float | None = 1.0,
-        max_processes: int = 256,
-        tmp_size: int | str = "1g",
-        disk_limit: int | str = "2g",
-        mounts: Sequence[str | Path] = (),
+        **resources: Unpack[Resources],
     ) -> None:
+        super().__init__(**resources)
         self.isolated = isolated
         self.python = python or sys.executable
-        self.memory_limit = parse_bytes(memory_limit)
-        self.cpus = cpus
-        self.max_processes = max_processes
-        self.tmp_size = parse_bytes(tmp_size)
-        self.disk_limit = parse_bytes(disk_limit)
-        self.mounts = [Path(m).resolve() for m in mounts]
         # isolated: a tmpfs of `disk_limit` bytes inside the sandbox, not on host disk;
         # unsafe-local: no boundary at all, so a plain private host directory (made by `prepare`)
         self.workdir = WORKDIR

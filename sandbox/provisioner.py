@@ -7,8 +7,12 @@ launch, poll, kill and clean up, the way `jupyter_client.provisioning` serves `K
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
+
+from typing_extensions import Unpack
 
 
 @dataclass(frozen=True)
@@ -27,12 +31,36 @@ class Launch:
     log_bytes: int
 
 
+class Resources(TypedDict, total=False):
+    """What a sandbox may use, whatever its backend."""
+
+    #: Memory of everything in the sandbox, its tmpfs /tmp and /work included ("4g").
+    memory_limit: int | str
+    #: CPU time, in cores (1.0); None: no quota.
+    cpus: float | None
+    #: Processes and threads (256).
+    max_processes: int
+    #: Sizes of the tmpfs /tmp ("1g") and /work ("2g").
+    tmp_size: int | str
+    disk_limit: int | str
+    #: Host paths mounted read-only at the same path.
+    mounts: Sequence[str | Path]
+
+
 class Provisioner(abc.ABC):
     """Runs kernel processes for one sandbox. Constructors only store options; `prepare` does
     the slow, fallible work once (engine checks, images, directories)."""
 
     #: The kernel's working directory, as the kernel sees it (its own writable space).
     workdir: str
+
+    def __init__(self, **resources: Unpack[Resources]) -> None:
+        self.memory_limit = parse_bytes(resources.get("memory_limit", "4g"))
+        self.cpus = resources.get("cpus", 1.0)
+        self.max_processes = resources.get("max_processes", 256)
+        self.tmp_size = parse_bytes(resources.get("tmp_size", "1g"))
+        self.disk_limit = parse_bytes(resources.get("disk_limit", "2g"))
+        self.mounts = [Path(m).resolve() for m in resources.get("mounts", ())]
 
     async def prepare(self, root: Path) -> None:
         """Acquire what every launch needs; `root` is the sandbox's private host directory."""
@@ -67,3 +95,14 @@ class Provisioner(abc.ABC):
     def oom_killed(self) -> bool:
         """Whether the host's record says the memory limit killed a process of this sandbox."""
         return False
+
+
+def parse_bytes(size: int | str) -> int:
+    """'512m' / '4g' / 1024 -> bytes."""
+    if isinstance(size, int):
+        return size
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    text = size.strip().lower().rstrip("b")
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
