@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import shlex
 import subprocess
 import sys
 import time
@@ -24,7 +26,8 @@ class Terminal:
     def __init__(self, directory: Path) -> None:
         self.socket = directory / "tmux.sock"
         self.conf = directory / "tmux.conf"
-        self.conf.write_text("set -g remain-on-exit on\n")  # the pane outlives the program, to read its status
+        self.conf.write_text("set -g remain-on-exit on\n")  # the screen stays readable after the program ends
+        self.status = directory / "status"
 
     def tmux(self, *args: str) -> str:
         done = subprocess.run(["tmux", "-S", str(self.socket), "-f", str(self.conf), *args], capture_output=True,
@@ -33,20 +36,25 @@ class Terminal:
         return done.stdout
 
     def start(self, command: list[str]) -> None:
-        self.tmux("new-session", "-d", "-x", "200", "-y", "50", *command)
+        """Run `command` in the pane. A shell writes its exit status to a file (tmux may reap a
+        program late and then not know it); its no-op INT trap keeps it alive through Ctrl-C
+        without making the program ignore Ctrl-C."""
+        script = f'trap : INT; "$@"; echo $? > {shlex.quote(str(self.status))}'
+        self.tmux("new-session", "-d", "-x", "200", "-y", "50", "sh", "-c", script, "sh", *command)
 
-    def pid(self) -> int:
-        return int(self.tmux("display-message", "-p", "#{pane_pid}"))
+    def program_pid(self) -> int:
+        """The pid of the program the pane's shell runs."""
+        shell = int(self.tmux("display-message", "-p", "#{pane_pid}"))
+        return int(Path(f"/proc/{shell}/task/{shell}/children").read_text().split()[0])
 
     def exit_status(self, timeout: float) -> int:
         """The program's exit status, once it ended; fails with the screen after `timeout` seconds."""
         deadline = time.monotonic() + timeout
-        # tmux marks the pane dead a moment before it records the status
-        while len(dead := self.tmux("display-message", "-p", "#{pane_dead} #{pane_dead_status}").split()) < 2:
+        while not (self.status.exists() and (status := self.status.read_text().strip())):
             if time.monotonic() > deadline:
-                pytest.fail(f"still running after {timeout:g}s (pane: {dead}); the screen:\n{self.screen()}")
+                pytest.fail(f"still running after {timeout:g}s; the screen:\n{self.screen()}")
             time.sleep(0.2)
-        return int(dead[1])
+        return int(status)
 
     def screen(self) -> str:
         """Everything the pane shows or scrolled past, wrapped lines joined."""
@@ -75,6 +83,17 @@ class Terminal:
         return screen
 
 
+def kernels_of(controller: int) -> list[int]:
+    """The sandbox kernels (and their bwrap wrappers) a controller process started: their
+    command lines name its sandbox directory, rlm-<pid>-*."""
+    found = []
+    for pid in sandbox_processes():
+        with contextlib.suppress(OSError):
+            if f"/rlm-{controller}-".encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+    return found
+
+
 @pytest.fixture
 def terminal(tmp_path: Path) -> Iterator[Terminal]:
     term = Terminal(tmp_path)
@@ -97,14 +116,13 @@ def test_chat_answers_follow_ups_survives_ctrl_c_and_frees_its_sandbox(scripted,
                     "--data", str(data), "--model", "scripted-root", "--base-url", server.base_url,
                     "--max-turns", "3"])
     terminal.wait_for_prompt()
-    chat = terminal.pid()  # sandbox directories and kernels carry their controller's pid (other tests may run)
-    mine = f"/rlm-{chat}-"
+    chat = terminal.program_pid()  # sandbox directories and kernels carry their controller's pid (other tests may run)
 
     terminal.type("How many rows?")
     terminal.wait_for("answer: 3 rows")
     screen = terminal.wait_for_prompt()
     assert "turn 1:" in screen and "rows = context.splitlines()" in screen  # the run's events
-    assert sandbox_processes(mine.encode()) and any(f"/{d}".startswith(mine) for d in sandbox_dirs())
+    assert kernels_of(chat) and any(d.startswith(f"rlm-{chat}-") for d in sandbox_dirs())
 
     terminal.type("And the first?")  # `rows` is still in the REPL
     terminal.wait_for("answer: first is alpha")
@@ -127,8 +145,13 @@ def test_chat_answers_follow_ups_survives_ctrl_c_and_frees_its_sandbox(scripted,
 
     terminal.type("/exit")
     assert terminal.exit_status(WAIT) == 0
-    assert sandbox_processes(mine.encode()) == []
-    assert not any(f"/{d}".startswith(mine) for d in sandbox_dirs())
+    # Killed kernels may take a moment to leave /proc on a loaded machine: their end is awaited,
+    # a kernel still there after WAIT seconds is a leak.
+    deadline = time.monotonic() + WAIT
+    while (left := kernels_of(chat)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left == []
+    assert not any(d.startswith(f"rlm-{chat}-") for d in sandbox_dirs())
     assert len(server.root_requests) == 4
     history = (tmp_path / "cache" / "rlm" / "chat_history").read_text()
     assert "And the first?" in history and "/exit" in history
