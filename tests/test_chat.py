@@ -139,9 +139,12 @@ def test_chat_answers_follow_ups_survives_ctrl_c_and_frees_its_sandbox(scripted,
     screen = terminal.wait_for_prompt()
     assert "KeyboardInterrupt" in screen and "interrupted: the REPL keeps its variables" in screen
 
+    terminal.tmux("send-keys", "-l", "half a thought")
+    terminal.tmux("send-keys", "C-c")  # at the prompt: drops the line, not the chat
     terminal.type("Go on.")  # the session survived, with `marker` set before the interruption
     terminal.wait_for("answer: kept and gamma")
     terminal.wait_for_prompt()
+    assert server.root_requests[-1]["messages"][-1]["content"].startswith("Go on.")
 
     terminal.type("/exit")
     assert terminal.exit_status(WAIT) == 0
