@@ -1,6 +1,7 @@
-"""The `rlm` command: `rlm run` (one RLM run), `rlm view` (HTML trajectories), `rlm serve` (a
-managed model server) and `rlm sandbox` (the Docker image and leftovers). Other packages add
-commands through the `rlm.commands` entry point group: `rlm eval` comes from `environments`."""
+"""The `rlm` command: `rlm run` (one RLM run), `rlm chat` (follow-up questions at a terminal),
+`rlm view` (HTML trajectories), `rlm serve` (a managed model server) and `rlm sandbox` (the Docker
+image and leftovers). Other packages add commands through the `rlm.commands` entry point group:
+`rlm eval` comes from `environments`."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from rich.logging import RichHandler
 from .config import RLMConfig
 from .controller import Controller
 from .errors import RLMError
+from .render import EventPrinter
 from .serving import LlamaCppServer, ManagedServer, VLLMServer
 
 #: What a command runs: its exit status, from async code or not.
@@ -63,7 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--tiny", action="store_true",
                      help="start the embedded CPU model (SmolLM2-135M) for this run and use it")
     run.add_argument("--verbose", "-v", action="store_true", help="show turns as they happen")
-    run.set_defaults(handler=_run)
+    run.set_defaults(handler=_run, live_events=True)
+
+    chat = commands.add_parser("chat", help="ask questions about a data file at the terminal, one "
+                               "sandbox for the whole chat")
+    chat.add_argument("--data", type=Path, help="file loaded into the REPL as `context` (text)")
+    add_config_options(chat, RUN_SETTINGS)
+    chat.add_argument("--tiny", action="store_true",
+                      help="start the embedded CPU model (SmolLM2-135M) for this chat and use it")
+    chat.set_defaults(handler=_chat, live_events=True)
 
     view = commands.add_parser("view", help="write a self-contained HTML view of a result or results dir")
     view.add_argument("path", type=Path, help="a Result JSON (rlm run --json) or an rlm eval --out directory")
@@ -133,17 +143,24 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run(args: argparse.Namespace) -> int:
+def _run_config(args: argparse.Namespace, stack: contextlib.ExitStack) -> RLMConfig:
+    """The configuration `rlm run` and `rlm chat` take from their options; `--tiny` starts the
+    CPU model on `stack`."""
     if args.data is not None and not args.data.exists():
         raise _UsageError(f"--data {args.data}: no such file")
     settings = config_settings(args, RUN_SETTINGS)
+    if args.tiny:
+        server = stack.enter_context(tiny_server())
+        settings.update(model=server.model_name, base_url=server.base_url, max_tokens=512)
+    return RLMConfig(**settings)
+
+
+async def _run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
-        if args.tiny:
-            server = stack.enter_context(tiny_server())
-            settings.update(model=server.model_name, base_url=server.base_url, max_tokens=512)
-        config = RLMConfig(**settings)
+        config = _run_config(args, stack)
         # A file is mounted read-only and read inside the sandbox: it never passes through us.
-        result = await Controller(config).run(args.prompt, args.data)
+        result = await Controller(config).run(args.prompt, args.data,
+                                              on_event=EventPrinter(stderr) if args.verbose else None)
     if args.json:
         args.json.write_text(result.model_dump_json(indent=2))
     print(result.answer)
@@ -151,6 +168,14 @@ async def _run(args: argparse.Namespace) -> int:
     if result.error:
         stderr.print(f"error: {result.error}", markup=False, highlight=False)
     return 0 if result.status == "ready" else 1
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from .chat import chat, history_file
+
+    with contextlib.ExitStack() as stack:
+        chat(_run_config(args, stack), args.data, Console(), history_file())
+    return 0
 
 
 def _view(args: argparse.Namespace) -> int:
@@ -182,9 +207,9 @@ class _UsageError(RLMError):
     """A command-line mistake: exit status 2."""
 
 
-def _logging(verbose: bool) -> None:
-    """Turns and server logs on stderr: through rich on a terminal, as plain lines otherwise
-    (pipes and log files keep every line whole, commands included)."""
+def _logging(verbose: bool, turns: bool) -> None:
+    """Turns (unless the command renders events instead) and server logs on stderr: through rich
+    on a terminal, as plain lines otherwise (pipes and log files keep every line whole, commands included)."""
     handler: logging.Handler
     if stderr.is_terminal:
         handler = RichHandler(console=stderr, show_time=False, show_path=False, show_level=False, markup=False)
@@ -193,14 +218,14 @@ def _logging(verbose: bool) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger("rlm")
     logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logger.setLevel(logging.DEBUG if verbose and turns else logging.WARNING)
     for name in ("rlm.serve", "rlm.sandbox"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _logging(getattr(args, "verbose", False))
+    _logging(getattr(args, "verbose", False), turns=not getattr(args, "live_events", False))
     try:
         status = args.handler(args)
         return int(asyncio.run(status) if asyncio.iscoroutine(status) else status)
