@@ -31,7 +31,7 @@ Handler = Callable[[argparse.Namespace], "int | Awaitable[int]"]
 #: Settings `rlm run` takes from the command line, each an `RLMConfig` field of the same name.
 RUN_SETTINGS = ("model", "base_url", "sub_model", "sandbox", "code_format", "max_turns", "max_depth", "timeout")
 
-stderr = Console(stderr=True)
+stderr = Console(stderr=True, soft_wrap=True)  # plain output keeps whole lines
 
 
 def add_config_options(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--tiny", action="store_true",
                      help="start the embedded CPU model (SmolLM2-135M) for this run and use it")
     run.add_argument("--verbose", "-v", action="store_true", help="show turns as they happen")
+    run.add_argument("--show-prompt", action="store_true",
+                     help="print the system prompt the run gave the root model (on stderr, before the summary)")
     run.set_defaults(handler=_run, live_events=True)
 
     chat = commands.add_parser("chat", help="ask questions about a data file at the terminal, one "
@@ -164,6 +166,8 @@ async def _run(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(result.model_dump_json(indent=2))
     print(result.answer)
+    if args.show_prompt and result.messages:
+        stderr.print(f"--- system prompt ---\n{result.messages[0]['content']}\n---", markup=False, highlight=False)
     stderr.print(result.summary(), markup=False, highlight=False)
     if result.error:
         stderr.print(f"error: {result.error}", markup=False, highlight=False)

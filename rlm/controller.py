@@ -167,6 +167,8 @@ class Controller:
         feedback: list[str] = []
         last: BlockRun | None = None
         for call_id, code in blocks:
+            if run.interrupted:  # interrupted before this block started: it does not run at all
+                break
             if code is None:
                 text = prompts.BAD_TOOL_CALL
             else:

@@ -36,3 +36,15 @@ def test_rlm_run_without_model_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "rlm.cli", "run", "q"], capture_output=True, text=True,
                           env=env, timeout=60)
     assert proc.returncode == 2 and "no model given" in proc.stderr
+
+
+def test_rlm_run_show_prompt_prints_what_the_model_was_told(scripted, tmp_path):
+    data = tmp_path / "d.txt"
+    data.write_text("abc")
+    server = scripted([fenced("answer['ready'] = True")])
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlm.cli", "run", "Q?", "--data", str(data), "--model", "m",
+         "--base-url", server.base_url, "--show-prompt"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    shown = proc.stderr.split("--- system prompt ---\n", 1)[1].split("\n---\n", 1)[0]
+    assert shown == server.root_requests[0]["messages"][0]["content"]  # exactly what the model got
