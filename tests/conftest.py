@@ -54,7 +54,7 @@ async def run_on(server: ScriptedServer, data: Any = None, prompt: str = "Answer
 
 
 def sandbox_processes(marker: bytes = b"") -> list[int]:
-    """PIDs of rlm sandbox kernels, or of any process whose command line holds `marker`."""
+    """PIDs of rlm sandbox kernels; with `marker`, of the processes whose command line holds it."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -63,7 +63,7 @@ def sandbox_processes(marker: bytes = b"") -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
-        if (marker and marker in cmdline) or (b"ipykernel_launcher" in cmdline and b"/rlm-" in cmdline):
+        if marker in cmdline if marker else (b"ipykernel_launcher" in cmdline and b"/rlm-" in cmdline):
             found.append(int(entry.name))
     return found
 
