@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 import environments
@@ -34,6 +35,7 @@ RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": 
 os.environ.update(RAY_ENV)
 
 import ray  # noqa: E402
+from ray._private import ray_constants  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -73,8 +75,26 @@ def cluster() -> Iterator[Cluster]:
 
 
 def ours() -> list[int]:
-    """Sandbox processes of this module's cluster (their command lines name its TMPDIR)."""
-    return sandbox_processes(marker=f"{os.environ['TMPDIR']}/rlm-".encode())
+    """Sandbox processes of this module's cluster (their command lines name its TMPDIR), not
+    those of other test runs on the machine."""
+    marker = f"{os.environ['TMPDIR']}/rlm-".encode()
+    return [pid for pid in sandbox_processes(marker) if marker in cmdline(pid)]
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:  # it ended meanwhile
+        return b""
+
+
+def kill_node(cluster: Cluster, node: Any) -> None:
+    """SIGKILL every process of `node`, as when a machine dies: its workers (the raylet's children),
+    then the raylet and Ray's daemons there."""
+    raylet = psutil.Process(node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid)
+    for process in raylet.children():
+        process.kill()
+    cluster.remove_node(node, allow_graceful=False)
 
 
 def running(pid: int) -> bool:
@@ -144,7 +164,7 @@ async def test_a_node_killed_mid_run_loses_nothing_and_doubles_nothing(cluster, 
                and len(victims.root_requests) > results.read_text().count(doomed)):
         assert not run.done(), run
         await asyncio.sleep(0.05)
-    await asyncio.to_thread(cluster.remove_node, victim, allow_graceful=False)
+    await asyncio.to_thread(kill_node, cluster, victim)
     summary = await run
 
     written = lines(tmp_path)
@@ -164,21 +184,14 @@ async def test_a_node_killed_mid_run_loses_nothing_and_doubles_nothing(cluster, 
         remove_tree(Path(os.environ["TMPDIR"]) / name)
 
 
-DRIVER = """
-import asyncio, environments
-env = environments.NeedleInAHaystack(length=1000)
-asyncio.run(environments.evaluate([env], model="m", base_url={url!r}, modes=["rlm"], n=12, concurrency=2,
-                                  out={out!r}, progress=False, sandbox="local", max_retries=0,
-                                  ray_address={address!r}))
-"""
-
-
 def test_ctrl_c_at_the_driver_stops_everything_and_leaves_no_sandbox(cluster, scripted, tmp_path):
+    """`rlm eval --ray` as the driver, interrupted while every worker runs rollouts in sandboxes."""
     server = scripted([fenced("import time; time.sleep(600)")] * 12)  # every rollout is busy until stopped
-    script = tmp_path / "driver.py"
-    script.write_text(DRIVER.format(url=server.base_url, out=str(tmp_path / "out"), address=cluster.address))
-    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "rlm.cli", "eval", "niah", "--option", "niah.length=1000", "--model", "m",
+         "--base-url", server.base_url, "--mode", "rlm", "-n", "12", "--concurrency", "2", "--sandbox", "local",
+         "--out", str(tmp_path / "out"), "--ray", cluster.address],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         while len(server.root_requests) < 6:  # every worker has rollouts running in sandboxes
             assert driver.poll() is None, driver.communicate()
