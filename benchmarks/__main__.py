@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-SUITES = ("core", "sandboxes", "load", "serving", "harness", "peers", "boundary", "compaction")
+SUITES = ("core", "sandboxes", "load", "serving", "harness", "peers", "boundary", "compaction", "ray_scaling")
 
 
 def print_table(suite: str, report: dict[str, Any], targets: dict[str, tuple[str, str]]) -> None:

@@ -43,7 +43,11 @@ def register(commands: Any) -> None:
     parser.add_argument("--prices", type=Path, metavar="PRICES.json",
                         help='a cost column: {"model": {"input": $/M tokens, "output": $/M tokens}}')
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--concurrency", type=int, default=16, help="rollouts at a time")
+    parser.add_argument("--concurrency", type=int, default=16, help="rollouts at a time (with --ray: per worker)")
+    parser.add_argument("--ray", metavar="auto|ADDRESS", help="run the rollouts on a Ray cluster (pip install "
+                        "'rlm-lab[ray]'): one worker per node, results written here")
+    parser.add_argument("--cores-per-worker", type=int, metavar="N", help="with --ray: a worker per N cores of "
+                        "each node instead of one per node")
     parser.add_argument("--out", type=Path, default=Path("results"), help="results.jsonl, trajectories, summary")
     parser.add_argument("--option", action="append", default=[], metavar="ENV.KEY=VALUE",
                         help="an environment's constructor option, e.g. oolong.context_tokens=8000 (repeatable)")
@@ -72,7 +76,8 @@ async def run_eval(args: argparse.Namespace) -> int:
         config = rlm.RLMConfig(**endpoint, **settings)  # the environment fallbacks, and their errors
         summary = await evaluate(envs, model=config.model, base_url=config.base_url, modes=modes, n=args.n,
                                  repeats=args.repeats, seed=args.seed, concurrency=args.concurrency, out=args.out,
-                                 prices=prices, **settings)
+                                 prices=prices, ray_address=args.ray, cores_per_worker=args.cores_per_worker,
+                                 **settings)
     # off a terminal rich assumes 80 columns and would squeeze the twelve columns into ellipses
     Console(width=None if sys.stdout.isatty() else 200).print(summary_table(summary))
     report = write_report(summary, args.out, chosen)

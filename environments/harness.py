@@ -112,7 +112,7 @@ async def evaluate(
     environments: Sequence[Environment | str],
     *,
     model: str,
-    base_url: str | None = None,
+    base_url: rlm.ServerURL | None = None,
     api_key: str | None = None,
     modes: Sequence[rlm.Mode] = rlm.MODES,
     n: int = 50,
@@ -124,18 +124,27 @@ async def evaluate(
     progress: bool = True,
     pool_size: int = 0,
     prices: Prices | None = None,
+    ray_address: str | None = None,
+    cores_per_worker: int | None = None,
     **settings: Any,
 ) -> Summary:
     """Run every environment in every mode on `n` generated tasks (or the given `tasks` per
     environment name), each `repeats` times, `concurrency` rollouts at a time. `settings` are
     `RLMConfig` fields; `pool_size` > 0 keeps that many sandboxes warm for the rlm modes;
-    `prices` (model -> $/M tokens) adds a cost column and must price every model the run uses."""
+    `prices` (model -> $/M tokens) adds a cost column and must price every model the run uses.
+
+    With `ray_address` ("auto", or a cluster's address) the rollouts run on Ray workers, one per
+    node (or per `cores_per_worker` cores), each running `concurrency` rollouts with a warm pool
+    of `pool_size`; `base_url` may then be a function of the worker's `rlm.RayNode`. Results,
+    resume and the summary are the same; each line records the node that ran it."""
     unknown = [m for m in modes if m not in rlm.MODES]
     if unknown:
         raise rlm.ConfigError(f"unknown mode(s) {unknown}; choose from {', '.join(rlm.MODES)}")
     if repeats < 1:
         raise rlm.ConfigError(f"repeats must be at least 1, got {repeats}")
-    config = rlm.RLMConfig(model=model, base_url=base_url, api_key=api_key, **settings)
+    if callable(base_url) and ray_address is None:
+        raise rlm.ConfigError("a base_url chosen per node needs a Ray cluster: pass ray_address")
+    config = rlm.RLMConfig(model=model, base_url=None if callable(base_url) else base_url, api_key=api_key, **settings)
     if prices is not None:
         check_priced(prices, [config.model, config.sub_model or config.model])
     out = Path(out)
@@ -144,18 +153,33 @@ async def evaluate(
     done = results.done()
     jobs = plan([resolve(e) for e in environments], modes, n, seed, tasks, repeats)
     todo = [job for job in jobs if job.key not in done]
-    limit = asyncio.Semaphore(concurrency)
+    pool_size = pool_size if any(job.mode != "llm" for job in todo) else 0
 
-    async def one(job: Job, pool: rlm.SandboxPool | None, bar: EvalProgress) -> Rollout:
-        async with limit:
-            rollout = await run_job(job, config, out, pool)
+    def record(job: Job, rollout: Rollout, result: rlm.Result) -> Rollout:
+        trajectory = out / job.trajectory
+        trajectory.parent.mkdir(parents=True, exist_ok=True)
+        trajectory.write_text(result.model_dump_json())
         results.append(rollout)  # one synchronous write: lines never interleave
         bar.update(rollout)
         return rollout
 
-    async with _warm_pool(config, pool_size if any(job.mode != "llm" for job in todo) else 0) as pool:
-        with EvalProgress(len(todo), progress) as bar:
-            finished = await asyncio.gather(*(one(job, pool, bar) for job in todo))
+    with EvalProgress(len(todo), progress) as bar:
+        if ray_address is None:
+            limit = asyncio.Semaphore(concurrency)
+
+            async def one(job: Job, pool: rlm.SandboxPool | None) -> Rollout:
+                async with limit:
+                    return record(job, *await execute(job, config, pool))
+
+            async with _warm_pool(config, pool_size) as pool:
+                finished = await asyncio.gather(*(one(job, pool) for job in todo))
+        else:
+            from .cluster import run_on_ray  # the Ray path imports this module's jobs
+
+            arriving = run_on_ray(todo, config, address=ray_address, server=base_url, per_worker=concurrency,
+                                  cores_per_worker=cores_per_worker, pool_size=pool_size)
+            async with contextlib.aclosing(arriving):  # the workers stop even when recording fails
+                finished = [record(job, rollout, result) async for job, rollout, result in arriving]
     wanted = {job.key for job in jobs}
     everything = [*done.values(), *finished]
     summary = Summary(rows=summarize([r for r in everything if r.key in wanted], prices),
@@ -164,20 +188,18 @@ async def evaluate(
     return summary
 
 
-async def run_job(job: Job, config: rlm.RLMConfig, out: Path, pool: rlm.SandboxPool | None) -> Rollout:
-    """One rollout, scored, its trajectory saved under `out`."""
+async def execute(job: Job, config: rlm.RLMConfig, pool: rlm.SandboxPool | None) -> tuple[Rollout, rlm.Result]:
+    """One rollout, scored: its results line and its trajectory (written by whoever records it)."""
     started = time.monotonic()
     run = await rlm.run_task(job.env, job.task, job.mode, config, pool=pool)
     result = run.result
-    trajectory = out / job.trajectory
-    trajectory.parent.mkdir(parents=True, exist_ok=True)
-    trajectory.write_text(result.model_dump_json())
-    return Rollout(
+    rollout = Rollout(
         task_id=job.task.id, repeat=job.repeat, environment=job.env.name, mode=job.mode, reward=run.reward,
         metrics=run.metrics, status=result.status, error=result.error, answer=result.answer[:2000],
         root_usage=result.usage.root, sub_usage=result.usage.sub, usage_by_model=result.usage.by_model,
         turns=len(result.turns), seconds=time.monotonic() - started, trajectory=str(job.trajectory),
     )
+    return rollout, result
 
 
 @contextlib.asynccontextmanager

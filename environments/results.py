@@ -38,6 +38,8 @@ class Rollout(BaseModel):
     turns: int
     seconds: float
     trajectory: str
+    #: The Ray node that ran it (`evaluate(..., ray_address=...)`); None in one process.
+    node: str | None = None
 
     @property
     def key(self) -> Key:

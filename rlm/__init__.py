@@ -16,6 +16,7 @@ from typing import Any
 from sandbox import Backend, SandboxError, SandboxPool
 
 from .budget import ModelPrice, TreeBudget
+from .cluster import ClusterRollouts, RayNode, RayWorkers, ServerURL, WorkerContext
 from .config import RLMConfig
 from .controller import Controller
 from .errors import BudgetExhausted, ConfigError, ContextLengthExceeded, ModelError, RLMError, ServerStartError
@@ -24,7 +25,18 @@ from .models import Completion, ModelClient
 from .serving import LlamaCppServer, ManagedServer, VLLMServer
 from .session import Session
 from .tasks import MODES, Mode, TaskRun, complete_once, run_task, solve_task, task_config
-from .training import Sample, TrainingRollout, rollout, rollout_group, to_samples
+from .training import (
+    Sample,
+    TrainingRollout,
+    TrainingRow,
+    rollout,
+    rollout_group,
+    run_rollout,
+    to_samples,
+    training_config,
+    training_rows,
+    with_advantages,
+)
 from .trajectory import Compaction, Event, Result, Status, SubCall, Timings, TokenUsage, Turn, TurnErrorKind, Usage
 
 __version__ = "0.1.0"
@@ -90,9 +102,12 @@ def run(
 __all__ = [
     "MODES",
     "RLM",
-    "Backend", "BudgetExhausted",
+    "Backend",
+    "BudgetExhausted",
+    "ClusterRollouts",
     "CodeRan",
-    "Compacted", "Compaction",
+    "Compacted",
+    "Compaction",
     "Completion",
     "ConfigError",
     "ContextLengthExceeded",
@@ -108,12 +123,16 @@ __all__ = [
     "OnEvent",
     "RLMConfig",
     "RLMError",
+    "RayNode",
+    "RayWorkers",
     "Result",
     "RunEvent",
     "Sample",
     "SandboxError",
     "SandboxPool",
-    "ServerStartError", "Session",
+    "ServerStartError",
+    "ServerURL",
+    "Session",
     "Status",
     "SubCall",
     "SubCallDone",
@@ -121,20 +140,26 @@ __all__ = [
     "Timings",
     "TokenUsage",
     "TrainingRollout",
+    "TrainingRow",
     "TreeBudget",
     "Turn",
     "TurnErrorKind",
     "TurnStarted",
     "Usage",
     "VLLMServer",
+    "WorkerContext",
     "arun",
     "arun_events",
     "complete_once",
     "rollout",
     "rollout_group",
     "run",
+    "run_rollout",
     "run_task",
     "solve_task",
     "task_config",
     "to_samples",
+    "training_config",
+    "training_rows",
+    "with_advantages",
 ]

@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from sandbox import SandboxPool
+
 from .config import RLMConfig
 from .errors import RLMError
 from .tasks import EnvironmentLike, TaskLike, run_task
@@ -68,16 +70,29 @@ def to_samples(result: Result) -> list[Sample]:
     return samples
 
 
-async def rollout(
-    env: EnvironmentLike, task: TaskLike, *, model: str, base_url: str | None = None, seed: int | None = None,
-    tips: bool = False, include_sub_calls: bool = False, **settings: Any,
-) -> TrainingRollout:
-    """One RLM rollout of `task`, scored by `env`, as training data."""
+class TrainingRow(Sample):
+    """One sequence of a training batch with what a policy-gradient loss needs beside its tokens:
+    its rollout's advantage, plus the reward, task and seed it came from."""
+
+    task_id: str
+    seed: int | None = None
+    reward: float
+    advantage: float
+
+
+def training_config(model: str, base_url: str | None = None, **settings: Any) -> RLMConfig:
+    """The config of a training rollout: token ids and logprobs requested from the server."""
     extra_body = {"return_token_ids": True, **settings.pop("extra_body", {})}
+    return RLMConfig(model=model, base_url=base_url, logprobs=True, extra_body=extra_body, **settings)
+
+
+async def run_rollout(env: EnvironmentLike, task: TaskLike, config: RLMConfig, *, seed: int | None = None,
+                      tips: bool = False, include_sub_calls: bool = False,
+                      pool: SandboxPool | None = None) -> TrainingRollout:
+    """One RLM rollout of `task` under a `training_config`, scored by `env`, as training data."""
     if seed is not None:
-        extra_body["seed"] = seed
-    config = RLMConfig(model=model, base_url=base_url, logprobs=True, extra_body=extra_body, **settings)
-    run = await run_task(env, task, "rlm+tips" if tips else "rlm", config)
+        config = config.model_copy(update={"extra_body": {**config.extra_body, "seed": seed}})
+    run = await run_task(env, task, "rlm+tips" if tips else "rlm", config, pool=pool)
     result = run.result
     samples = to_samples(result)
     if not include_sub_calls:  # sub-LLM trajectories are off by default, as in verifiers
@@ -86,12 +101,33 @@ async def rollout(
                            samples=samples, result=result)
 
 
+async def rollout(
+    env: EnvironmentLike, task: TaskLike, *, model: str, base_url: str | None = None, seed: int | None = None,
+    tips: bool = False, include_sub_calls: bool = False, pool: SandboxPool | None = None, **settings: Any,
+) -> TrainingRollout:
+    """One RLM rollout of `task`, scored by `env`, as training data (in a sandbox from `pool`, when given)."""
+    return await run_rollout(env, task, training_config(model, base_url, **settings), seed=seed, tips=tips,
+                             include_sub_calls=include_sub_calls, pool=pool)
+
+
 async def rollout_group(env: EnvironmentLike, task: TaskLike, n: int, *, seed: int = 0,
                         **kwargs: Any) -> list[TrainingRollout]:
     """`n` rollouts of one task (seeds seed..seed+n-1) with advantages (reward - mean) / std."""
     group = await asyncio.gather(*(rollout(env, task, seed=seed + i, **kwargs) for i in range(n)))
+    return with_advantages(list(group))
+
+
+def with_advantages(group: list[TrainingRollout]) -> list[TrainingRollout]:
+    """The rollouts of one task's group, each given its GRPO advantage (reward - mean) / std."""
     rewards = [r.reward for r in group]
     mean, spread = statistics.fmean(rewards), statistics.pstdev(rewards)
     for r in group:
         r.advantage = (r.reward - mean) / (spread + 1e-6)
-    return list(group)
+    return group
+
+
+def training_rows(groups: list[list[TrainingRollout]]) -> list[TrainingRow]:
+    """Every sequence of every rollout of `groups`, in order, as rows a trainer's loss takes."""
+    return [TrainingRow(**sample.model_dump(), task_id=r.task_id, seed=r.seed, reward=r.reward,
+                        advantage=r.advantage)
+            for group in groups for r in group for sample in r.samples]
