@@ -48,9 +48,10 @@ FAST_FAILURE = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 50
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Head + two nodes. Every process of the cluster (and so every worker's sandbox) uses a
     private TMPDIR, so the sandbox checks below see this cluster's sandboxes and no one else's."""
+    tmp_path_factory.getbasetemp()  # fixed before TMPDIR changes: later tests' tmp_path stays valid
     private = tempfile.mkdtemp(prefix="rayt-", dir="/tmp")
     saved = os.environ.get("TMPDIR")
     os.environ["TMPDIR"] = private
