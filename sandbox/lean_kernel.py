@@ -13,12 +13,14 @@ not rest on it: the host treats every kernel as hostile.
 
 import ast
 import builtins
+import codecs
 import hashlib
 import hmac
 import io
 import json
 import linecache
 import os
+import select
 import signal
 import sys
 import threading
@@ -40,12 +42,14 @@ _MAIN_THREAD = threading.get_ident()
 _CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
 
 
-def _pack(value):
-    """JSON bytes; with escapes when the text holds lone surrogates UTF-8 cannot carry."""
-    text = json.dumps(value, ensure_ascii=False, default=repr)
+def _pack(value, strict=True):
+    """JSON bytes as jupyter_client packs them: UTF-8 with surrogateescape, so other lone
+    surrogates raise UnicodeEncodeError; unless not `strict`, where they travel as JSON escapes."""
     try:
-        return text.encode("utf-8")
+        return json.dumps(value, ensure_ascii=False, default=repr).encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
+        if strict:
+            raise
         return json.dumps(value, default=repr).encode("ascii")
 
 
@@ -101,11 +105,13 @@ class Session:
             mac.update(part)
         return mac.hexdigest().encode()
 
-    def send(self, socket, msg_type, content, parent, idents=()):
+    def send(self, socket, msg_type, content, parent, idents=(), strict=True):
+        """Send one message; `strict`: raise UnicodeEncodeError for text UTF-8 cannot carry, as
+        jupyter_client does (output is sent escaped instead: the host replaces what it must)."""
         header = {"msg_id": os.urandom(16).hex(), "session": self.id, "username": "kernel",
                   "date": datetime.now(timezone.utc).isoformat(), "msg_type": msg_type,
                   "version": PROTOCOL_VERSION}
-        parts = [_pack(header), _pack(parent), b"{}", _pack(content)]
+        parts = [_pack(header), _pack(parent), b"{}", _pack(content, strict)]
         frames = [*idents, DELIMITER, self.sign(parts), *parts]
         self.interrupts.hold()
         try:
@@ -179,6 +185,43 @@ class Stream(io.TextIOBase):
                 self.kernel.publish("stream", {"name": self.name, "text": text[start : start + self.kernel.chunk]})
 
 
+class Capture:
+    """File descriptors 1 and 2 as pipes read into the streams, so that what subprocesses and C
+    code write reaches the host too, as ipykernel forwards it. A thread forwards while a cell
+    runs; `drain` reads the rest at the cell's end, under the lock both take to read."""
+
+    def __init__(self, streams):
+        self.lock = threading.Lock()
+        self.pipes = {}
+        for fd, stream in zip((1, 2), streams):
+            read, write = os.pipe()
+            os.dup2(write, fd)
+            os.close(write)
+            os.set_blocking(read, False)
+            self.pipes[read] = (stream, codecs.getincrementaldecoder("utf-8")("replace"))
+        threading.Thread(target=self._forward, name="capture", daemon=True).start()
+
+    def _forward(self):
+        poller = select.poll()
+        for read in self.pipes:
+            poller.register(read, select.POLLIN)
+        while True:
+            poller.poll()
+            self.drain()
+
+    def drain(self, reads=16):
+        """Forward what the pipes hold, at most `reads` reads each: a process that never stops
+        writing cannot hold the caller here."""
+        with self.lock:
+            for read, (stream, decoder) in self.pipes.items():
+                for _ in range(reads):
+                    try:
+                        data = os.read(read, 1 << 16)
+                    except BlockingIOError:
+                        break
+                    stream.write(decoder.decode(data))
+
+
 class Kernel:
     """The five sockets of a connection file, and the handlers of the messages the host sends."""
 
@@ -208,14 +251,21 @@ class Kernel:
         self.streams = (Stream(self, "stdout"), Stream(self, "stderr"))
         sys.stdout, sys.stderr = self.streams
         builtins.input = self.input
+        self.log_fd = os.dup(2)  # the kernel process's own output: the host keeps its tail
+        self.capture = None  # made by `capture_fds`, once the start-up file ran
+
+    def capture_fds(self):
+        self.capture = Capture(self.streams)
 
     # -- output -------------------------------------------------------------------------------
 
     def publish(self, msg_type, content):
         self.session.send(self.sockets["iopub"], msg_type, content, self.parent,
-                          idents=[f"kernel.{msg_type}".encode()])
+                          idents=[f"kernel.{msg_type}".encode()], strict=False)
 
     def flush(self):
+        if self.capture is not None:
+            self.capture.drain()
         for stream in self.streams:
             stream.flush()
 
@@ -235,7 +285,7 @@ class Kernel:
         while stdin.poll(0):  # a reply to an earlier, interrupted request
             stdin.recv_multipart()
         self.session.send(stdin, "input_request", {"prompt": str(prompt), "password": False},
-                          self.parent, idents=self.idents)
+                          self.parent, idents=self.idents)  # strict: unsendable text raises here
         while True:
             got = self.session.recv(stdin)
             if got is not None and got[1]["msg_type"] == "input_reply":
@@ -340,7 +390,13 @@ class Kernel:
             reply = self.execute(message["content"])
         else:
             reply = self.kernel_info()
-        self.session.send(self.sockets["shell"], kind.replace("_request", "_reply"), reply, self.parent, idents)
+        # A user expression whose repr UTF-8 cannot carry loses the reply, as in ipykernel: the
+        # host times the cell out and restarts the kernel, a clean slate. Other text travels escaped.
+        try:
+            self.session.send(self.sockets["shell"], kind.replace("_request", "_reply"), reply, self.parent, idents,
+                              strict=bool(reply.get("user_expressions")))
+        except UnicodeEncodeError as exc:
+            os.write(self.log_fd, f"lean kernel: reply not sent: {exc}\n".encode())
         self.publish("status", {"execution_state": "idle"})
 
     def serve_control(self):
@@ -396,6 +452,7 @@ def main(argv):
         except Exception:
             traceback.print_exc(file=sys.__stderr__)
         kernel.flush()
+    kernel.capture_fds()
     kernel.serve()
 
 

@@ -19,7 +19,7 @@ ISOLATING = ["local", "docker"]
 #: Kernels the conformance suite runs on each backend.
 KERNELS = list(sandbox.KERNELS)
 #: Command-line marks of our kernel processes (with "/rlm-", the sandbox's directory).
-_KERNEL_MARKS = (b"ipykernel_launcher", b"lean_kernel.py")
+KERNEL_MARKS = (b"ipykernel_launcher", b"lean_kernel.py")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -82,7 +82,7 @@ def sandbox_processes(marker: bytes = b"") -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
-        ours = b"/rlm-" in cmdline and any(mark in cmdline for mark in _KERNEL_MARKS)
+        ours = b"/rlm-" in cmdline and any(mark in cmdline for mark in KERNEL_MARKS)
         if (marker and marker in cmdline) or ours:
             found.append(int(entry.name))
     return found
