@@ -35,6 +35,8 @@ PROTOCOL_VERSION = "5.3"
 DELIMITER = b"<IDS|MSG>"
 #: Most seconds written text waits in a stream's buffer (ipykernel flushes every 0.2 s too).
 FLUSH_SECONDS = 0.2
+#: Output messages waiting for the host at most; past it, printing waits (ipykernel drops them).
+IOPUB_QUEUE = 64
 #: Traceback lines kept (the last ones), as the guard keeps them in ipykernel.
 TRACEBACK_LINES = 200
 _KERNEL_FILE = os.path.abspath(__file__)
@@ -95,7 +97,7 @@ class Session:
         self.key = key
         self.id = os.urandom(16).hex()
         self.interrupts = interrupts
-        self.lock = threading.Lock()  # iopub is written from any thread that prints
+        self.locks = {}  # one per socket: iopub is written from any thread that prints
 
     def sign(self, parts):
         if not self.key:
@@ -115,8 +117,13 @@ class Session:
         frames = [*idents, DELIMITER, self.sign(parts), *parts]
         self.interrupts.hold()
         try:
-            with self.lock:
-                socket.send_multipart(frames)
+            with self.locks.setdefault(socket, threading.Lock()):
+                while True:
+                    try:
+                        socket.send_multipart(frames, zmq.NOBLOCK)
+                        break
+                    except zmq.Again:  # iopub is full: the host reads slower than this kernel writes
+                        time.sleep(0.005)
         finally:
             self.interrupts.release()
 
@@ -231,10 +238,13 @@ class Kernel:
         self.session = Session(info["key"].encode(), self.interrupts)
         self.context = zmq.Context()
         self.sockets = {}
-        for channel, kind in (("shell", zmq.ROUTER), ("iopub", zmq.PUB), ("stdin", zmq.ROUTER),
+        for channel, kind in (("shell", zmq.ROUTER), ("iopub", zmq.XPUB), ("stdin", zmq.ROUTER),
                               ("control", zmq.ROUTER), ("hb", zmq.REP)):
             socket = self.context.socket(kind)
             socket.linger = 1000
+            if kind == zmq.XPUB:  # a PUB that makes writers wait rather than drop what the host reads slowly
+                socket.setsockopt(zmq.XPUB_NODROP, 1)
+                socket.sndhwm = IOPUB_QUEUE
             socket.bind(f"ipc://{info['ip']}-{info[f'{channel}_port']}")
             self.sockets[channel] = socket
         self.parent = {}
@@ -245,12 +255,11 @@ class Kernel:
         # a real module as __main__, so that pickle and dataclasses find what cells define
         self.module = types.ModuleType("__main__")
         self.namespace = self.module.__dict__
-        self.namespace["display"] = self.display
         sys.modules["__main__"] = self.module
         sys.path[0] = ""  # the working directory, as in IPython; not this script's directory
         self.streams = (Stream(self, "stdout"), Stream(self, "stderr"))
         sys.stdout, sys.stderr = self.streams
-        builtins.input = self.input
+        builtins.input, builtins.display = self.input, self.display
         self.log_fd = os.dup(2)  # the kernel process's own output: the host keeps its tail
         self.capture = None  # made by `capture_fds`, once the start-up file ran
 
@@ -438,6 +447,8 @@ class Kernel:
                     self.handle_shell(*got)
             except KeyboardInterrupt:  # one that landed between cells: nothing to stop
                 continue
+            except Exception:  # a request of a shape not foreseen: logged, and the kernel lives on
+                os.write(self.log_fd, traceback.format_exc().encode(errors="replace"))
 
 
 def main(argv):
