@@ -54,10 +54,10 @@ def create_sandbox(backend: Backend = "local", *, startup_timeout: float = 60.0,
 
 __all__ = [
     "BACKENDS",
+    "KERNELS",
     "Backend",
     "Delivery",
     "ExecutionResult",
-    "KERNELS",
     "Kernel",
     "KernelLimits",
     "KernelSandbox",

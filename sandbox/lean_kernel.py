@@ -27,7 +27,7 @@ import threading
 import time
 import traceback
 import types
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import zmq
 
@@ -111,7 +111,7 @@ class Session:
         """Send one message; `strict`: raise UnicodeEncodeError for text UTF-8 cannot carry, as
         jupyter_client does (output is sent escaped instead: the host replaces what it must)."""
         header = {"msg_id": os.urandom(16).hex(), "session": self.id, "username": "kernel",
-                  "date": datetime.now(timezone.utc).isoformat(), "msg_type": msg_type,
+                  "date": datetime.now(UTC).isoformat(), "msg_type": msg_type,
                   "version": PROTOCOL_VERSION}
         parts = [_pack(header), _pack(parent), b"{}", _pack(content, strict)]
         frames = [*idents, DELIMITER, self.sign(parts), *parts]
@@ -200,7 +200,7 @@ class Capture:
     def __init__(self, streams):
         self.lock = threading.Lock()
         self.pipes = {}
-        for fd, stream in zip((1, 2), streams):
+        for fd, stream in zip((1, 2), streams, strict=True):
             read, write = os.pipe()
             os.dup2(write, fd)
             os.close(write)
@@ -395,10 +395,7 @@ class Kernel:
             return  # completion, inspection, history...: not served, as ipykernel ignores unknowns
         self.parent, self.idents = message["header"], idents
         self.publish("status", {"execution_state": "busy"})
-        if kind == "execute_request":
-            reply = self.execute(message["content"])
-        else:
-            reply = self.kernel_info()
+        reply = self.execute(message["content"]) if kind == "execute_request" else self.kernel_info()
         # A user expression whose repr UTF-8 cannot carry loses the reply, as in ipykernel: the
         # host times the cell out and restarts the kernel, a clean slate. Other text travels escaped.
         try:

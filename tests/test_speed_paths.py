@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from sandbox import KernelSandbox, Reply, SandboxConfigError, admission, create_sandbox
-from tests.conftest import KERNEL_MARKS, BACKENDS
+from tests.conftest import BACKENDS, KERNEL_MARKS
 
 REQUEST = "import sandbox_rpc\nprint(sandbox_rpc.request('wait', {}, 1 << 20))"
 
