@@ -1,5 +1,5 @@
-"""Sandbox backends side by side: cold start, warm-pool acquire, execute round trip, and the
-memory of 32 idle sandboxes. Run with `python -m benchmarks sandboxes`."""
+"""Sandbox backends and kernels side by side: cold start, warm-pool acquire, execute round trip,
+and the memory of 32 idle sandboxes. Run with `python -m benchmarks sandboxes`."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import statistics
 import time
 from typing import Any
 
-from sandbox import Sandbox, SandboxPool, create_sandbox
+from sandbox import KERNELS, Kernel, Sandbox, SandboxPool, create_sandbox
 
-from .core import cold_start, round_trip
+from .core import cold_start, round_trip, row
 
 BACKENDS = ("local", "docker")
 TARGETS: dict[str, tuple[str, str]] = {
@@ -20,13 +20,17 @@ TARGETS: dict[str, tuple[str, str]] = {
     "pool_acquire[docker]": ("p50_ms", "<= 50 ms"),
     "round_trip[local]": ("p50_ms", "<= 2 ms"),
     "round_trip[docker]": ("p50_ms", "<= 2 ms"),
+    # issue 17's targets, for the lean kernel
+    "cold_start[local,lean]": ("p50_s", "<= 0.1 s"),
+    "round_trip[local,lean]": ("p50_ms", "<= 1 ms"),
+    "idle_memory[local,lean]": ("per_sandbox_mb", "<= 20 MB"),
 }
 
 
-async def pool_acquire(backend: str, runs: int) -> dict[str, float]:
+async def pool_acquire(backend: str, runs: int, kernel: Kernel = "ipykernel") -> dict[str, float]:
     """Acquire from a warm pool of 4, letting it refill between acquisitions."""
     times = []
-    async with SandboxPool(backend, size=4) as pool:
+    async with SandboxPool(backend, size=4, kernel=kernel) as pool:
         for _ in range(runs):
             while pool.ready < pool.size:
                 await asyncio.sleep(0.05)
@@ -52,8 +56,8 @@ def _memory_bytes(box: Sandbox) -> int:
     return 0
 
 
-async def idle_memory(backend: str, count: int) -> dict[str, float]:
-    boxes = [create_sandbox(backend) for _ in range(count)]
+async def idle_memory(backend: str, count: int, kernel: Kernel = "ipykernel") -> dict[str, float]:
+    boxes = [create_sandbox(backend, kernel=kernel) for _ in range(count)]
     try:
         started = time.perf_counter()
         for chunk in range(0, count, 4):  # a few at a time: 2 cores
@@ -71,8 +75,9 @@ async def collect(quick: bool) -> dict[str, Any]:
     runs = 5 if quick else 20
     report: dict[str, Any] = {}
     for backend in BACKENDS:
-        report[f"cold_start[{backend}]"] = await cold_start(backend, runs)
-        report[f"pool_acquire[{backend}]"] = await pool_acquire(backend, runs)
-        report[f"round_trip[{backend}]"] = await round_trip(backend, runs * 10)
-        report[f"idle_memory[{backend}]"] = await idle_memory(backend, 8 if quick else 32)
+        for kernel in KERNELS:
+            report[row("cold_start", backend, kernel)] = await cold_start(backend, runs, kernel)
+            report[row("pool_acquire", backend, kernel)] = await pool_acquire(backend, runs, kernel)
+            report[row("round_trip", backend, kernel)] = await round_trip(backend, runs * 10, kernel)
+            report[row("idle_memory", backend, kernel)] = await idle_memory(backend, 8 if quick else 32, kernel)
     return report

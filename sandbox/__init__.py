@@ -11,6 +11,7 @@ from .base import (
     Backend,
     Delivery,
     ExecutionResult,
+    Kernel,
     KernelLimits,
     RequestHandler,
     Sandbox,
@@ -23,7 +24,7 @@ from .base import (
     valid_text,
 )
 from .cleanup import reap_orphans
-from .kernel import KernelSandbox
+from .kernel import KERNELS, KernelSandbox
 from .local import LocalProvisioner
 from .pool import SandboxPool
 from .provisioner import Launch, Provisioner
@@ -34,9 +35,11 @@ BACKENDS: tuple[Backend, ...] = get_args(Backend)
 
 
 def create_sandbox(backend: Backend = "local", *, startup_timeout: float = 60.0,
-                   limits: KernelLimits | Mapping[str, int] | None = None, **options: Any) -> KernelSandbox:
+                   limits: KernelLimits | Mapping[str, int] | None = None, kernel: Kernel | None = None,
+                   **options: Any) -> KernelSandbox:
     """A not-yet-started sandbox of the named backend; `start()` (or `async with`) acquires it.
-    `options` go to the backend's provisioner (`LocalProvisioner`, `DockerProvisioner`)."""
+    `kernel` picks the kernel (`KernelSandbox.default_kernel` when None); `options` go to the
+    backend's provisioner (`LocalProvisioner`, `DockerProvisioner`)."""
     provisioner: Provisioner
     if backend in ("local", "unsafe-local"):
         provisioner = LocalProvisioner(isolated=backend == "local", **options)
@@ -46,14 +49,16 @@ def create_sandbox(backend: Backend = "local", *, startup_timeout: float = 60.0,
         provisioner = DockerProvisioner(**options)
     else:
         raise SandboxConfigError(f"unknown sandbox backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    return KernelSandbox(provisioner, startup_timeout=startup_timeout, limits=limits)
+    return KernelSandbox(provisioner, startup_timeout=startup_timeout, limits=limits, kernel=kernel)
 
 
 __all__ = [
     "BACKENDS",
+    "KERNELS",
     "Backend",
     "Delivery",
     "ExecutionResult",
+    "Kernel",
     "KernelLimits",
     "KernelSandbox",
     "Launch",

@@ -17,6 +17,9 @@ from .rpc import Reply
 
 #: The backends `create_sandbox` knows: `unsafe-local` is the documented no-isolation opt-in.
 Backend = Literal["local", "unsafe-local", "docker"]
+#: The kernels a sandbox can run: ipykernel (IPython's features) or `sandbox/lean_kernel.py`
+#: (the Jupyter protocol without IPython: a faster start and round trip).
+Kernel = Literal["ipykernel", "lean"]
 #: Serves one request the kernel sent over its stdin channel (see `sandbox.rpc`).
 RequestHandler = Callable[[dict[str, Any]], Awaitable[Reply]]
 

@@ -21,7 +21,7 @@ import stat
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from jupyter_client.connect import write_connection_file
 from jupyter_client.session import Session
@@ -30,10 +30,12 @@ from . import admission, rpc
 from .base import (
     Delivery,
     ExecutionResult,
+    Kernel,
     KernelLimits,
     Output,
     RequestHandler,
     Sandbox,
+    SandboxConfigError,
     SandboxCrashed,
     SandboxProtocolError,
     SandboxStartError,
@@ -58,9 +60,13 @@ _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 #: How long a kernel may leave a message we send unread before its channel counts as broken.
 _SEND_SECONDS = 30.0
 
-#: Source of the kernel-side guard, run from a file the host writes before each launch.
+#: Kernel-side sources, run from files the host writes in each launch's IPC directory.
 _GUARD_SOURCE = (Path(__file__).with_name("guard.py")).read_text()
-_GUARD_FILE = "guard.py"
+_LEAN_SOURCE = (Path(__file__).with_name("lean_kernel.py")).read_text()
+#: What a kernel runs before serving (the guard for ipykernel, the RPC module for both).
+_START_FILE = "start.py"
+_LEAN_FILE = "lean_kernel.py"
+KERNELS: tuple[Kernel, ...] = get_args(Kernel)
 
 
 class KernelSession:
@@ -368,9 +374,14 @@ class KernelSandbox(Sandbox):
 
     #: How long an interrupted cell may take to stop before the kernel is restarted.
     interrupt_grace: float = 3.0
+    #: The kernel a sandbox runs when none is named.
+    default_kernel: Kernel = "ipykernel"
 
     def __init__(self, provisioner: Provisioner, *, startup_timeout: float = 60.0,
-                 limits: KernelLimits | Mapping[str, int] | None = None) -> None:
+                 limits: KernelLimits | Mapping[str, int] | None = None, kernel: Kernel | None = None) -> None:
+        self.kernel: Kernel = kernel or self.default_kernel
+        if self.kernel not in KERNELS:
+            raise SandboxConfigError(f"unknown kernel {self.kernel!r}; choose one of {', '.join(KERNELS)}")
         self.provisioner = provisioner
         self.startup_timeout = startup_timeout
         # a mapping too, so that limits can come from JSON (the CLI, saved configs)
@@ -441,14 +452,14 @@ class KernelSandbox(Sandbox):
                                            key=secrets.token_hex(32).encode())
         info = dict(written)
         connection_file.chmod(0o644)
-        # Run as a file, not as a cell: a cell's output capture would undo the stream patch.
-        guard = ipcdir / _GUARD_FILE
+        # Run as files, not as a cell: a cell's output capture would undo the guard's stream patch.
         chunk = max(1024, self.limits.output_message_bytes // 16)
-        guard.write_text(f"{_GUARD_SOURCE}\n_rlm_guard({chunk})\ndel _rlm_guard, _rlm_quiet_input\n{rpc.kernel_code()}")
-        guard.chmod(0o644)
+        for name, source in _launch_files(self.kernel, chunk).items():
+            (ipcdir / name).write_text(source)
+            (ipcdir / name).chmod(0o644)
         self.provisioner.grant(ipcdir)
         self._ipc_fd = os.open(ipcdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        launch = Launch(args=_kernel_args(connection_file), environment=self._environment(),
+        launch = Launch(args=_kernel_args(self.kernel, connection_file, chunk), environment=self._environment(),
                         ipcdir=ipcdir, inbox=self.inbox, log_bytes=self.limits.raw_output_bytes)
         try:
             await admission.starting.acquire()
@@ -499,7 +510,7 @@ class KernelSandbox(Sandbox):
         disk, so a kernel able to create files there could fill it. Its sockets stay usable
         (connecting needs no write access to the directory). Through the directory fd only."""
         assert self._ipc_fd is not None
-        for name in (*files, _GUARD_FILE):
+        for name in (*files, _START_FILE, _LEAN_FILE):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name, dir_fd=self._ipc_fd)  # unlink never follows a link
         if os.geteuid() == 0:
@@ -604,8 +615,18 @@ _LAUNCHER = ("import runpy, sys; sys.modules['debugpy'] = None\n"
              "runpy.run_module('ipykernel_launcher', run_name='__main__', alter_sys=True)")
 
 
-def _kernel_args(connection_file: Path) -> list[str]:
+def _launch_files(kernel: Kernel, chunk: int) -> dict[str, str]:
+    """The files a launch of `kernel` runs, by name in its IPC directory; `chunk` is the most
+    characters one output message may carry."""
+    if kernel == "lean":  # bounds output itself: no guard
+        return {_LEAN_FILE: _LEAN_SOURCE, _START_FILE: rpc.kernel_code()}
+    return {_START_FILE: f"{_GUARD_SOURCE}\n_rlm_guard({chunk})\ndel _rlm_guard, _rlm_quiet_input\n{rpc.kernel_code()}"}
+
+
+def _kernel_args(kernel: Kernel, connection_file: Path, chunk: int) -> list[str]:
     """The kernel's command line after the interpreter."""
+    start = connection_file.parent / _START_FILE
+    if kernel == "lean":
+        return [str(connection_file.parent / _LEAN_FILE), str(connection_file), str(chunk), str(start)]
     return ["-c", _LAUNCHER, "-f", str(connection_file),
-            "--HistoryManager.enabled=False", "--IPKernelApp.quiet=True",
-            f"--IPKernelApp.exec_files={connection_file.parent / _GUARD_FILE}"]
+            "--HistoryManager.enabled=False", "--IPKernelApp.quiet=True", f"--IPKernelApp.exec_files={start}"]

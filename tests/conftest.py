@@ -10,11 +10,30 @@ from typing import Any
 import pytest
 
 import rlm
+import sandbox
 from rlm.testing import ScriptedServer
 
 #: Backends that must pass the sandbox conformance suite; the isolating ones also face the hostile suite.
 BACKENDS = ["local", "unsafe-local", "docker"]
 ISOLATING = ["local", "docker"]
+#: Kernels the conformance suite runs on each backend.
+KERNELS = list(sandbox.KERNELS)
+#: Command-line marks of our kernel processes (with "/rlm-", the sandbox's directory).
+KERNEL_MARKS = (b"ipykernel_launcher", b"lean_kernel.py")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kernel_under_test() -> Iterator[None]:
+    """`RLM_TEST_KERNEL=lean pytest ...` starts every sandbox of this process on that kernel
+    (controllers the tests start as subprocesses keep the default)."""
+    chosen = os.environ.get("RLM_TEST_KERNEL")
+    default = sandbox.KernelSandbox.default_kernel
+    if chosen is not None:
+        if chosen not in KERNELS:
+            raise pytest.UsageError(f"RLM_TEST_KERNEL={chosen!r}: choose one of {', '.join(KERNELS)}")
+        sandbox.KernelSandbox.default_kernel = chosen  # type: ignore[assignment]
+    yield
+    sandbox.KernelSandbox.default_kernel = default
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -63,7 +82,8 @@ def sandbox_processes(marker: bytes = b"") -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
-        if marker in cmdline if marker else (b"ipykernel_launcher" in cmdline and b"/rlm-" in cmdline):
+        ours = b"/rlm-" in cmdline and any(mark in cmdline for mark in KERNEL_MARKS)
+        if marker in cmdline if marker else ours:
             found.append(int(entry.name))
     return found
 

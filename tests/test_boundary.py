@@ -21,10 +21,11 @@ import pytest
 import rlm
 from rlm.testing import fenced
 from sandbox import KernelLimits, SandboxProtocolError, create_sandbox
-from tests.conftest import ISOLATING, run_on
+from tests.conftest import ISOLATING, KERNELS, run_on
 from tests.controller_process import run_controller
 
 each_backend = pytest.mark.parametrize("backend", ISOLATING)
+each_kernel = pytest.mark.parametrize("kernel", KERNELS)
 MB = 1 << 20
 
 
@@ -76,7 +77,7 @@ def _plant(victim: Victim) -> str:
     return f"""
 import glob, os
 targets = [{str(victim.file)!r}, {str(victim.dir)!r}]
-names = ['context.txt', 'context.bin', 'context.json', '.rlm-wheelhouse', 'kernel.json', 'guard.py']
+names = ['context.txt', 'context.bin', 'context.json', '.rlm-wheelhouse', 'kernel.json', 'start.py', 'lean_kernel.py']
 places = [os.getcwd(), '/tmp'] + glob.glob('/tmp/rlm-*') + glob.glob('/tmp/rlm-*/*')
 planted = 0
 for place in places:
@@ -145,10 +146,11 @@ def _file_size(path: str) -> int:
 
 
 @each_backend
-async def test_raw_output_reaches_the_host_only_as_a_capped_tail(backend):
+@each_kernel
+async def test_raw_output_reaches_the_host_only_as_a_capped_tail(backend, kernel):
     limits = KernelLimits(raw_output_bytes=64 * 1024)
     disk = HostDisk()
-    async with create_sandbox(backend, limits=limits) as box:
+    async with create_sandbox(backend, limits=limits, kernel=kernel) as box:
         out = await box.execute(
             "import os, sys\n"
             "for _ in range(300):\n"
@@ -177,7 +179,8 @@ async def test_oversized_and_overlong_messages_cut_the_channel(backend):
         "a request over the limit": "k.session.send(k.stdin_socket, 'input_request', {'prompt': 'p' * 5_000_000}, "
                                     "parent=k.get_parent(), ident=k._parent_ident['shell'])",
     }
-    async with create_sandbox(backend, limits=limits) as box:
+    # forged through ipykernel's session object; the host's limits are the same for any kernel
+    async with create_sandbox(backend, limits=limits, kernel="ipykernel") as box:
         for name, attack in attacks.items():
             with pytest.raises(SandboxProtocolError, match=r"limit|parts"):
                 await box.execute(f"k = get_ipython().kernel\n{attack}\nimport time; time.sleep(5)", timeout=30)
@@ -186,10 +189,11 @@ async def test_oversized_and_overlong_messages_cut_the_channel(backend):
 
 
 @each_backend
-async def test_a_flood_of_output_messages_is_counted_and_dropped(backend):
+@each_kernel
+async def test_a_flood_of_output_messages_is_counted_and_dropped(backend, kernel):
     limits = KernelLimits(output_messages=500)
-    async with create_sandbox(backend, limits=limits) as box:
-        out = await box.execute("from IPython.display import display\nfor i in range(5000):\n    display(i)",
+    async with create_sandbox(backend, limits=limits, kernel=kernel) as box:
+        out = await box.execute("for i in range(5000):\n    display(i)",
                                 timeout=120, max_output_chars=2000)
     assert out.ok and out.messages_dropped >= 4000
     assert "dropped" in out.stderr
@@ -356,7 +360,7 @@ def test_a_tree_too_deep_for_rmtree_is_still_reaped(victim):
 
 @each_backend
 async def test_a_message_of_too_many_json_items_is_cut_before_it_is_parsed(backend):
-    async with create_sandbox(backend) as box:
+    async with create_sandbox(backend, kernel="ipykernel") as box:  # forged through ipykernel's session
         with pytest.raises(SandboxProtocolError, match="JSON items"):
             await box.execute("k = get_ipython().kernel\n"
                               "k.session.send(k.iopub_socket, 'stream', {'name': 'stdout', 'x': [{}] * 300_000},"

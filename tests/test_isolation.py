@@ -22,7 +22,7 @@ import pytest
 
 from rlm.testing import fenced
 from sandbox import LocalProvisioner, SandboxCrashed, SandboxUnavailable, create_sandbox
-from tests.conftest import ISOLATING, run_on, sandbox_dirs, sandbox_processes
+from tests.conftest import ISOLATING, KERNELS, run_on, sandbox_dirs, sandbox_processes
 
 MIB = 1 << 20
 REPO = Path(__file__).resolve().parents[1]
@@ -120,8 +120,14 @@ def backend(request):
 
 
 @pytest.fixture
-async def box(backend):
-    sandbox = create_sandbox(backend, memory_limit="512m", max_processes=64)
+def kernel() -> str | None:
+    """The default kernel; tests of what a kernel itself does are parametrized over every one."""
+    return None
+
+
+@pytest.fixture
+async def box(backend, kernel):
+    sandbox = create_sandbox(backend, memory_limit="512m", max_processes=64, kernel=kernel)
     try:  # closed even when the start fails: the sandbox's directory exists from its creation
         await sandbox.start()
         yield sandbox
@@ -521,6 +527,7 @@ async def test_a_kernel_dies_when_its_controller_is_killed(backend):
         _remove_controller_leftovers(info)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 async def test_hundred_megabytes_of_output_is_cut(box):
     out = await box.execute("import sys\nfor _ in range(100):\n    sys.stdout.write('y' * 1_000_000)", max_output_chars=4000)
     assert len(out.stdout) < 4200 and out.chars_cut >= 99_990_000
@@ -541,6 +548,7 @@ async def test_filling_tmp_stops_at_its_size(backend):
     assert int(written) * 1_000_000 <= 64 * 2**20 and errno_ == "28"  # ENOSPC at the tmpfs size
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 async def test_killing_the_kernel_is_a_typed_crash(box):
     with pytest.raises(SandboxCrashed):
         await box.execute("import os, signal; os.kill(os.getpid(), signal.SIGKILL)")

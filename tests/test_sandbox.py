@@ -8,14 +8,14 @@ import pytest
 
 from sandbox import Reply, SandboxCrashed, create_sandbox
 from sandbox.rpc import PREFIX as RPC_PREFIX
-from tests.conftest import BACKENDS, sandbox_dirs, sandbox_processes
+from tests.conftest import BACKENDS, KERNELS, sandbox_dirs, sandbox_processes
 
-pytestmark = pytest.mark.parametrize("backend", BACKENDS)
+pytestmark = [pytest.mark.parametrize("backend", BACKENDS), pytest.mark.parametrize("kernel", KERNELS)]
 
 
 @pytest.fixture
-async def box(backend):
-    sandbox = create_sandbox(backend)
+async def box(backend, kernel):
+    sandbox = create_sandbox(backend, kernel=kernel)
     await sandbox.start()
     yield sandbox
     await sandbox.close()
@@ -94,9 +94,9 @@ async def test_user_expressions(box):
     assert json.loads(result.expressions["v"]) == {"a": [1, 2]} and result.expressions["bad"] is None
 
 
-async def test_close_leaves_nothing_behind(backend):
+async def test_close_leaves_nothing_behind(backend, kernel):
     before_procs, before_dirs = set(sandbox_processes()), set(sandbox_dirs())
-    sandbox = create_sandbox(backend)
+    sandbox = create_sandbox(backend, kernel=kernel)
     await sandbox.start()
     await sandbox.execute("import subprocess; subprocess.Popen(['sleep', '299.5'], start_new_session=True)")
     assert sandbox_processes(b"sleep 299.5")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from sandbox import KernelSandbox, Reply, SandboxConfigError, admission, create_sandbox
-from tests.conftest import BACKENDS
+from tests.conftest import BACKENDS, KERNEL_MARKS
 
 REQUEST = "import sandbox_rpc\nprint(sandbox_rpc.request('wait', {}, 1 << 20))"
 
@@ -38,7 +38,7 @@ def _kernel_pid(box: KernelSandbox) -> int:
     while pending:
         pid = pending.pop()
         try:
-            if b"ipykernel_launcher" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if any(mark in Path(f"/proc/{pid}/cmdline").read_bytes() for mark in KERNEL_MARKS):
                 return pid
         except OSError:
             pass
