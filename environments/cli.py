@@ -22,6 +22,8 @@ from .presets import PRESETS, Preset, preset
 from .report import write_report
 from .results import Summary, format_optional, load_prices
 
+#: What `--tiny` caps unless given: the embedded model shows the machinery, not a score.
+TINY_LIMITS = {"max_tokens": 256, "max_turns": 3}
 #: Settings `rlm eval` takes from the command line, each an `RLMConfig` field of the same name.
 EVAL_SETTINGS = ("sub_model", "sandbox", "max_turns", "max_tokens")
 
@@ -72,7 +74,10 @@ async def run_eval(args: argparse.Namespace) -> int:
         if args.tiny:
             server = stack.enter_context(tiny_server())
             endpoint = {"model": server.model_name, "base_url": server.base_url}
-            settings.setdefault("max_tokens", 512)
+            # A 135M model on a CPU answers one request at a time: short replies and few turns keep
+            # a preset's dozens of rollouts to minutes. Given values win.
+            settings.setdefault("max_tokens", TINY_LIMITS["max_tokens"])
+            settings.setdefault("max_turns", TINY_LIMITS["max_turns"])
         config = rlm.RLMConfig(**endpoint, **settings)  # the environment fallbacks, and their errors
         summary = await evaluate(envs, model=config.model, base_url=config.base_url, modes=modes, n=args.n,
                                  repeats=args.repeats, seed=args.seed, concurrency=args.concurrency, out=args.out,
