@@ -8,13 +8,16 @@ import threading
 
 
 class DescendantCPU:
-    """CPU seconds of this process's descendants while in `with`, sampled every `interval` (and
-    on `sample()`). A process's last sample before it dies counts: call `sample()` before killing
-    what you measure; kernels are idle when killed, so what a sampler misses is small."""
+    """CPU seconds of this process's descendants (and of itself with `include_self`) while in
+    `with`, sampled every `interval` (and on `sample()`). A process's last sample before it dies
+    counts: call `sample()` before killing what you measure; kernels are idle when killed, so what
+    a sampler misses is small."""
 
-    def __init__(self, interval: float = 0.2) -> None:
+    def __init__(self, interval: float = 0.2, *, include_self: bool = False) -> None:
         self.interval = interval
+        self.include_self = include_self
         self._seen: dict[tuple[int, int], float] = {}  # (pid, start time) -> cpu seconds
+        self._start: dict[tuple[int, int], float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="descendant-cpu")
         self._ticks = os.sysconf("SC_CLK_TCK")
@@ -39,7 +42,7 @@ class DescendantCPU:
                 if ppid in mine and pid not in mine:
                     mine.add(pid)
                     changed = True
-        for pid in mine - {os.getpid()}:
+        for pid in mine if self.include_self else mine - {os.getpid()}:
             _, start, cpu = parents[pid]
             self._seen[(pid, start)] = cpu
 
@@ -48,6 +51,8 @@ class DescendantCPU:
             self.sample()
 
     def __enter__(self) -> DescendantCPU:
+        self.sample()
+        self._start = dict(self._seen)  # what ran before the `with` is not counted
         self._thread.start()
         return self
 
@@ -58,4 +63,4 @@ class DescendantCPU:
 
     @property
     def seconds(self) -> float:
-        return sum(self._seen.values())
+        return sum(used - self._start.get(key, 0.0) for key, used in self._seen.items())

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
-import threading
 import time
 from typing import Any
 
@@ -22,6 +21,8 @@ import psutil
 import environments
 from environments import NeedleInAHaystack
 from rlm.testing import ScriptedServer, fenced
+
+from .cpu import DescendantCPU
 
 #: Loopback only (Ray would otherwise rewrite a loopback address to the interface address), read at import.
 os.environ.update({"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
@@ -35,49 +36,10 @@ SOLVE = fenced("answer['content'] = context[:40]", "answer['ready'] = True")
 TARGETS: dict[str, tuple[str, str]] = {"max_concurrency[256]": ("lost", "0, at >= 256 in flight")}
 
 
-class CPUMeter:
-    """CPU-seconds of this process and every process under it (Ray's nodes, workers, sandbox
-    kernels), sampled every 50 ms by a thread: a killed sandbox is never reaped by its parent, so
-    the kernel's own children counters would miss it. Misses at most each process's last 50 ms."""
-
-    def __init__(self) -> None:
-        self._seen: dict[tuple[int, float], float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample_until_stopped, daemon=True)
-
-    def _sample(self) -> None:
-        me = psutil.Process()
-        for proc in [me, *me.children(recursive=True)]:
-            try:
-                times = proc.cpu_times()
-                self._seen[(proc.pid, proc.create_time())] = times.user + times.system
-            except psutil.Error:
-                continue
-
-    def _sample_until_stopped(self) -> None:
-        while not self._stop.wait(0.05):
-            self._sample()
-
-    def __enter__(self) -> CPUMeter:
-        self._sample()
-        self._start = dict(self._seen)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-
-    @property
-    def seconds(self) -> float:
-        return sum(used - self._start.get(key, 0.0) for key, used in self._seen.items())
-
-
 async def _evaluate(rollouts: int, address: str | None, **extra: Any) -> dict[str, float]:
     env = NeedleInAHaystack(length=1000)
     with ScriptedServer(lambda request: SOLVE) as server, tempfile.TemporaryDirectory() as out:
-        with CPUMeter() as cpu:
+        with DescendantCPU(0.05, include_self=True) as cpu:
             started = time.perf_counter()
             summary = await environments.evaluate([env], model="bench", base_url=server.base_url, modes=["rlm"],
                                                   n=rollouts, out=out, progress=False, sandbox="local",
@@ -98,7 +60,7 @@ async def on_ray(nodes: int, rollouts: int) -> dict[str, float]:
         for _ in range(nodes - 1):
             cluster.add_node(**NODE)
         cluster.wait_for_nodes()
-        with CPUMeter() as idle:
+        with DescendantCPU(0.05, include_self=True) as idle:
             await asyncio.sleep(2)  # what the cluster costs doing nothing, to tell it apart
         idle_per_s = idle.seconds / 2
         row = await _evaluate(rollouts, cluster.address, concurrency=PER_WORKER)
