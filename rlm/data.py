@@ -195,17 +195,18 @@ class Input:
             text = f"{label} is {what}."
             if self.kind == "text" and preview_chars:
                 with open(self.mount, encoding="utf-8", errors="replace") as f:
-                    text += _preview(f.read(min(preview_chars, 4096)), preview_chars, self.mount.stat().st_size)
+                    text += _preview(f.read(min(preview_chars, 4096)), preview_chars)
             return text
         assert self.type is not None
         text = f"{label} is {self.type.describe(self.value)}."
         value = self.value
         if isinstance(value, (list, dict)) and self.type.name == "json":
             text += f" It has {len(value):,} top-level {'items' if isinstance(value, list) else 'keys'}."
-        if preview_chars:
-            sample = _sample(value, self.type.name)
+        if preview_chars:  # JSON was serialized once already, to check it can be: its head is the sample
+            sample = (self._json[:4096].decode("utf-8", "replace") if self.type.name == "json"
+                      else _sample(value, self.type.name))
             if sample is not None:
-                text += _preview(sample, preview_chars, len(sample))
+                text += _preview(sample, preview_chars)
         return text
 
 
@@ -214,8 +215,8 @@ def _sample(value: Any, kind: str) -> str | None:
         return str(value)
     if kind == "bytes":
         return None if _image_format(bytes(value)) else str(bytes(value[:4096]))
-    if kind in ("json", "documents"):
-        return json.dumps(value[:3] if kind == "documents" else value)[:4096]
+    if kind == "documents":
+        return json.dumps(value[:3])[:4096]
     if kind == "dataframe":
         return str(value.head(5).to_string())
     if kind == "array":
@@ -223,7 +224,7 @@ def _sample(value: Any, kind: str) -> str | None:
     return None
 
 
-def _preview(sample: str, limit: int, size: int) -> str:
+def _preview(sample: str, limit: int) -> str:
     shown = sample[:limit]
     return f" Its first {len(shown):,} characters:\n```\n{shown}\n```"
 
@@ -232,7 +233,6 @@ class DataFile:
     """All of a run's inputs: one (`context`), or several named ones."""
 
     def __init__(self, data: Any) -> None:
-        self.data = data
         self.inputs: list[Input] = []
         if data is None:
             return
