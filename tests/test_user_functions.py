@@ -125,7 +125,11 @@ async def test_prompts_with_images_reach_a_vision_sub_model_as_image_parts(scrip
     result = await run_on(server, None, sub_vision=True)
     assert result.turns[0].output.strip() == (
         "[\"['text', 'image_url', 'image_url'] data:image/png;base64,\", 'text only']")
-    parts = server.sub_requests[0]["messages"][-1]["content"]
+    # the two prompts are sent concurrently: find the one with images, whatever order they arrived in
+    with_images = [r["messages"][-1]["content"] for r in server.sub_requests
+                   if not isinstance(r["messages"][-1]["content"], str)]
+    assert len(with_images) == 1 and len(server.sub_requests) == 2
+    parts = with_images[0]
     assert parts[0] == {"type": "text", "text": "What colour?"} and len(parts) == 3
     assert result.sub_calls[0].prompt == "What colour?\n[2 image(s)]"  # no image bytes in the trajectory
 
