@@ -263,10 +263,12 @@ class KernelSession:
     async def close(self) -> None:
         for task in self._readers:
             task.cancel()
-        await asyncio.gather(*self._readers, return_exceptions=True)
-        for connection in self._channels.values():
-            connection.close()
-        self._channels.clear()
+        try:
+            await asyncio.gather(*self._readers, return_exceptions=True)
+        finally:  # cancelled while waiting for the readers: the sockets still close
+            for connection in self._channels.values():
+                connection.close()
+            self._channels.clear()
 
 
 async def _serve_stdin(
@@ -584,15 +586,20 @@ class KernelSandbox(Sandbox):
         await self.start()
 
     async def _stop_kernel(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        self.provisioner.kill()
-        if self._ipc_fd is not None:
-            os.close(self._ipc_fd)
-            self._ipc_fd = None
-            assert self.ipcdir is not None
-            remove_tree(self.ipcdir)  # the kernel is dead: nothing writes here now
+        # Teardown often runs while its task is being cancelled (a caller's timeout, Ctrl-C):
+        # the kill and the removal are synchronous and in `finally`, so a cancellation that
+        # lands on the one await cannot leave the kernel or its files behind.
+        session, self._session = self._session, None
+        try:
+            if session is not None:
+                await session.close()
+        finally:
+            self.provisioner.kill()
+            if self._ipc_fd is not None:
+                os.close(self._ipc_fd)
+                self._ipc_fd = None
+                assert self.ipcdir is not None
+                remove_tree(self.ipcdir)  # the kernel is dead: nothing writes here now
 
     async def close(self) -> None:
         if self._closed:
@@ -600,13 +607,15 @@ class KernelSandbox(Sandbox):
         self._closed = True
         try:
             await self._stop_kernel()
-            if self.root is not None:
-                self.provisioner.cleanup()
-                remove_tree(self.root)
         finally:
-            if self._admitted:
-                self._admitted = False
-                admission.alive.release()
+            try:
+                if self.root is not None:
+                    self.provisioner.cleanup()
+                    remove_tree(self.root)
+            finally:
+                if self._admitted:
+                    self._admitted = False
+                    admission.alive.release()
 
 
 #: `python -m ipykernel_launcher` without importing debugpy, about a third of a kernel's import

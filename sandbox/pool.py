@@ -72,13 +72,23 @@ class SandboxPool:
         return self._ready.qsize()
 
     async def close(self) -> None:
-        """Stop refilling and close every sandbox still in the pool."""
+        """Stop refilling and close every sandbox still in the pool, all of them even when this
+        close is cancelled on the way (the cancellation is raised once they are closed)."""
         self._closed = True
         for task in list(self._refills):
             task.cancel()
-        await asyncio.gather(*self._refills, return_exceptions=True)
+        cancelled: asyncio.CancelledError | None = None
+        try:
+            await asyncio.gather(*self._refills, return_exceptions=True)
+        except asyncio.CancelledError as exc:
+            cancelled = exc
         while not self._ready.empty():
-            await self._ready.get_nowait().close()
+            try:
+                await self._ready.get_nowait().close()  # finishes its cleanup even when cancelled
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+        if cancelled is not None:
+            raise cancelled
 
     async def __aenter__(self) -> SandboxPool:
         return await self.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,17 +37,35 @@ def kernel_under_test() -> Iterator[None]:
     sandbox.KernelSandbox.default_kernel = default
 
 
+#: Sandbox directory -> the test after which it was first seen: a leak found at the end of the
+#: suite names the test that made it.
+_FIRST_SEEN: dict[str, str] = {}
+
+
+def pytest_runtest_logfinish(nodeid: str, location: object) -> None:
+    for name in sandbox_dirs():
+        _FIRST_SEEN.setdefault(name, nodeid)
+
+
+def made_by(names: set[str]) -> dict[str, str]:
+    """Each sandbox directory with the test after which it was first seen."""
+    return {name: _FIRST_SEEN.get(name, "?") for name in sorted(names)}
+
+
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind() -> Iterator[None]:
     """After the whole suite: no sandbox process, directory or container of ours remains."""
     before_dirs = set(sandbox_dirs())
+    _FIRST_SEEN.update(dict.fromkeys(before_dirs, "before the suite"))
     yield
-    assert sandbox_processes() == [], "sandbox kernels outlived the test suite"
-    assert set(sandbox_dirs()) - before_dirs == set(), "sandbox directories outlived the test suite"
+    kernels = {pid: kernel_dir(pid) for pid in sandbox_processes()}
+    assert kernels == {}, f"sandbox kernels outlived the test suite: {kernels}, made by {made_by(set(kernels.values()))}"
+    left = set(sandbox_dirs()) - before_dirs
+    assert left == set(), f"sandbox directories outlived the test suite, made by {made_by(left)}"
     from sandbox.docker import LABEL, docker_client
 
-    left = docker_client().containers.list(all=True, filters={"label": LABEL})
-    assert left == [], f"containers outlived the test suite: {left}"
+    containers = docker_client().containers.list(all=True, filters={"label": LABEL})
+    assert containers == [], f"containers outlived the test suite: {containers}"
 
 
 @pytest.fixture
@@ -86,6 +105,16 @@ def sandbox_processes(marker: bytes = b"") -> list[int]:
         if marker in cmdline if marker else ours:
             found.append(int(entry.name))
     return found
+
+
+def kernel_dir(pid: int) -> str:
+    """The sandbox directory named on a kernel's command line ('?' when it has gone)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return "?"
+    found = re.search(r"/(rlm-\d+-[^/\x00 ]+)", cmdline)
+    return found.group(1) if found else "?"
 
 
 def sandbox_dirs() -> list[str]:

@@ -51,7 +51,7 @@ from rlm.testing import ScriptedServer, fenced
 from rlm.trajectory import Result, Turn
 from sandbox import KernelLimits, Reply, SandboxProtocolError, create_sandbox, valid_text
 from sandbox.rpc import PREFIX as RPC_PREFIX
-from tests.conftest import ISOLATING, run_on
+from tests.conftest import ISOLATING, made_by, run_on
 from tests.controller_process import run_controller
 
 MAX_BATCH = 16  # max_batch_prompts of the fuzzed broker: a "huge prompt list" is cheap to make
@@ -91,7 +91,8 @@ def nothing_of_ours_left_behind():
     if _HYPOTHESIS_HOME is not None:
         shutil.rmtree(_HYPOTHESIS_HOME, ignore_errors=True)
     tmp = Path(os.environ.get("TMPDIR", "/tmp"))
-    assert sorted(p.name for p in tmp.glob(f"rlm-{os.getpid()}-*")) == [], "sandbox directories left behind"
+    left = {p.name for p in tmp.glob(f"rlm-{os.getpid()}-*")}
+    assert left == set(), f"sandbox directories left behind, made by {made_by(left)}"
     assert processes_of_ours() == [], "kernels left behind"
 
 

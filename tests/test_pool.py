@@ -9,7 +9,7 @@ import pytest
 
 from rlm.testing import fenced
 from sandbox import SandboxPool
-from tests.conftest import ISOLATING, run_on, sandbox_processes
+from tests.conftest import ISOLATING, run_on, sandbox_dirs, sandbox_processes
 
 pytestmark = pytest.mark.parametrize("backend", ISOLATING)
 
@@ -49,3 +49,16 @@ async def test_runs_take_sandboxes_from_the_pool(scripted, backend, tmp_path):
         server2 = scripted([fenced("answer.update(content=context, ready=True)")])
         mounted = await run_on(server2, path_data, pool=pool, sandbox=backend)  # needs a mount: not pooled
         assert mounted.answer == "abcd" and pool.handed_out == 3
+
+
+async def test_a_close_cancelled_on_the_way_closes_every_pooled_sandbox(backend):
+    before_procs, before_dirs = set(sandbox_processes()), set(sandbox_dirs())
+    pool = await SandboxPool(backend, size=3).start()
+    closing = asyncio.ensure_future(pool.close())
+    await asyncio.sleep(0)  # inside the first sandbox's close
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert pool.ready == 0
+    assert set(sandbox_processes()) - before_procs == set()
+    assert set(sandbox_dirs()) - before_dirs == set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -104,4 +105,20 @@ async def test_close_leaves_nothing_behind(backend, kernel):
     await sandbox.close()  # idempotent
     assert set(sandbox_processes()) - before_procs == set()
     assert sandbox_processes(b"sleep 299.5") == []
+    assert set(sandbox_dirs()) - before_dirs == set()
+
+
+async def test_a_close_cancelled_on_the_way_still_leaves_nothing_behind(backend, kernel):
+    """Teardown often runs while its task is being cancelled (a caller's timeout, Ctrl-C)."""
+    before_procs, before_dirs = set(sandbox_processes()), set(sandbox_dirs())
+    sandbox = create_sandbox(backend, kernel=kernel)
+    await sandbox.start()
+    await sandbox.execute("import subprocess; subprocess.Popen(['sleep', '298.5'], start_new_session=True)")
+    closing = asyncio.ensure_future(sandbox.close())
+    await asyncio.sleep(0)  # the close has started and waits at its first await
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert set(sandbox_processes()) - before_procs == set()
+    assert sandbox_processes(b"sleep 298.5") == []
     assert set(sandbox_dirs()) - before_dirs == set()
