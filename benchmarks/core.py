@@ -71,7 +71,7 @@ async def batch_ratio(latency: float = 0.1) -> dict[str, float]:
     )
     with ServerProcess([fenced(code)], sub_latency=latency) as server:
         result = await rlm.arun("bench", "data", model="bench", base_url=server.base_url,
-                                max_sub_concurrency=64, max_retries=0)
+                                max_sub_concurrency=64, max_concurrency=64, max_retries=0)
     one, many = map(float, result.answer.split())
     return {"one_call_s": one, "batch64_s": many, "ratio": many / one}
 

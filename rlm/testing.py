@@ -188,6 +188,11 @@ class ScriptedServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Keep-alive, as model servers do: a request costs no new connection. Without Nagle, so
+            # the body written after the headers does not wait for the client's delayed ACK.
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
             def log_message(self, *args: Any) -> None:
                 pass
 

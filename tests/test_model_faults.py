@@ -3,6 +3,8 @@ run that goes on), never an exception out of `rlm.run` and never a hang."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from rlm.testing import fenced
@@ -15,6 +17,11 @@ DONE = fenced("answer['content'] = 'done'; answer['ready'] = True")
     ({"raw": "<html>502 Bad Gateway</html>"}, "not a chat completion"),  # 200, a body that is not JSON
     ({"raw": '{"id": "x", "choices": '}, "not a chat completion"),  # JSON cut short
     ({"choices": []}, "no choices"),
+    ({"raw": '{"choices": "none"}'}, "no list of choices"),  # JSON, but not the schema
+    ({"raw": '[1, 2]'}, "no list of choices"),
+    ({"choices": [{"index": 0, "message": None}]}, "has no message"),
+    ({"choices": [7]}, "has no message"),
+    ({"raw": "[" * 100_000}, "not a chat completion"),  # past json's recursion limit
     ({"hang_up": True}, "Connection"),
     ({"status": 503, "error": "overloaded"}, "503"),
 ])
@@ -47,3 +54,18 @@ async def test_a_sub_call_fault_is_its_slots_error_and_the_run_goes_on(scripted,
     assert result.turns[0].output.strip() == "[error] fine"
     failed = [call for call in result.sub_calls if call.error]
     assert len(failed) == 1 and failed[0].error.startswith("ModelError"), failed
+
+
+async def test_odd_but_usable_fields_of_a_completion_are_read_not_fatal(scripted):
+    """Fields of the wrong type are dropped one by one (content parts joined, a tool call without
+    a function skipped, counts that are not ints zero), and the run goes on."""
+    reply = {"choices": [{"index": 0, "finish_reason": 3, "message": {
+        "role": "assistant", "content": [{"type": "text", "text": "```python\n"}, {"text": 5},
+                                         {"type": "text", "text": "answer['ready'] = True\n```"}],
+        "tool_calls": ["junk", {"type": "custom", "custom": {}}]}}],
+        "usage": {"prompt_tokens": "many", "completion_tokens": None}}
+    server = scripted([{"raw": json.dumps(reply)}])
+    result = await run_on(server, "data")
+    assert result.status == "ready", result.error
+    turn = result.turns[0]
+    assert turn.code == ["answer['ready'] = True"] and result.usage.root.prompt_tokens == 0

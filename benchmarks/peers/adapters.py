@@ -52,7 +52,7 @@ class Adapter:
 
 class Ours(Adapter):
     batch = "llm_batch"
-    settings: ClassVar[dict[str, Any]] = {"max_sub_concurrency": 64}
+    settings: ClassVar[dict[str, Any]] = {"max_sub_concurrency": 64, "max_concurrency": 64}
 
     def step(self, program: str) -> str:
         return f"Running code.\n```python\n{self.code(program)}\n```"
