@@ -338,6 +338,25 @@ def load_with(source: str, function: str, path: str) -> Any:
 
 
 def installed_packages() -> list[str]:
-    """Installed distributions as 'name==version', for the system prompt."""
-    found = {(d.metadata["Name"] or "").lower(): d.version for d in importlib.metadata.distributions()}
-    return sorted(f"{name}=={version}" for name, version in found.items() if name)
+    """Installed distributions as 'name==version', names in PEP 503's normal form, for the system
+    prompt; of each name, the one `import` finds first. Read from the `name-version.dist-info`
+    directory names (the wheel spec normalizes both parts) rather than each METADATA file: ~2 ms
+    instead of ~60 ms of CPU per sandbox. An egg-info without a version is read from its metadata."""
+    found: dict[str, str] = {}
+    for entry in sys.path:
+        try:
+            names = [item.name for item in os.scandir(entry or ".") if item.name.endswith((".dist-info", ".egg-info"))]
+        except OSError:
+            continue
+        for item in names:
+            stem, _, kind = item.rpartition(".")
+            name, _, version = stem.partition("-")
+            if kind == "egg-info":
+                version = version.split("-py", 1)[0]
+            if not version:
+                meta = importlib.metadata.Distribution.at(os.path.join(entry or ".", item))
+                name, version = meta.metadata["Name"] or "", meta.version or ""
+            key = re.sub(r"[-_.]+", "-", name).lower()  # PEP 503's normal form
+            if key and version:
+                found.setdefault(key, version)
+    return sorted(f"{name}=={version}" for name, version in found.items())

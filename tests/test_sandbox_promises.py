@@ -34,9 +34,11 @@ answer['ready'] = True
 """
 
 READ_PACKAGES = """
-import json
+import json, re
 from importlib import metadata
-found = {(d.metadata['Name'] or '').lower(): d.version for d in metadata.distributions()}
+found = {}
+for d in metadata.distributions():  # in sys.path order: the first of a name is the one imported
+    found.setdefault(re.sub(r'[-_.]+', '-', d.metadata['Name'] or '').lower(), d.version)
 print(json.dumps(sorted(f'{name}=={version}' for name, version in found.items() if name)))
 answer['ready'] = True
 """
