@@ -20,6 +20,8 @@ from typing import Any, get_args
 from rich.console import Console
 from rich.logging import RichHandler
 
+from sandbox import KERNELS
+
 from .config import RLMConfig
 from .controller import Controller
 from .errors import RLMError
@@ -47,11 +49,18 @@ def add_config_options(parser: argparse.ArgumentParser, names: tuple[str, ...]) 
         text = field.description or name.replace("_", " ")
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, choices=choices, default=None,
                             help=text if default is None else f"{text} (default: {default})")
+    if "sandbox" in names:
+        parser.add_argument("--kernel", choices=KERNELS, default=None,
+                            help="the sandbox's kernel: lean (plain Python, the fastest; default) or ipykernel "
+                                 "(IPython's magics and rich display)")
 
 
 def config_settings(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
-    """The `RLMConfig` fields given on the command line."""
-    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    """The `RLMConfig` fields given on the command line (`--kernel` as a sandbox option)."""
+    settings = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    if getattr(args, "kernel", None) is not None:
+        settings["sandbox_options"] = {"kernel": args.kernel}
+    return settings
 
 
 def _parser() -> argparse.ArgumentParser:

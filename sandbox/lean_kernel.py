@@ -39,6 +39,11 @@ FLUSH_SECONDS = 0.2
 IOPUB_QUEUE = 64
 #: Traceback lines kept (the last ones), as the guard keeps them in ipykernel.
 TRACEBACK_LINES = 200
+#: Containers shown with a repr longer than this stay one line (laying them out costs more).
+PRETTY_CHARS = 100_000
+#: Said after a SyntaxError on a line that IPython would have run.
+NOT_IPYTHON = ("This kernel runs plain Python: IPython's `!` shell commands and `%` magics are not "
+               "available (subprocess.run runs commands).")
 _KERNEL_FILE = os.path.abspath(__file__)
 _MAIN_THREAD = threading.get_ident()
 _CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
@@ -142,6 +147,17 @@ class Session:
             return None
         return frames[:at], {"header": header, "parent_header": parent, "content": content,
                              "msg_type": header.get("msg_type")}
+
+
+def shown_text(value):
+    """How a cell's last expression is shown: its repr, or for a long one of the built-in
+    containers, laid out over lines in insertion order, as IPython shows them."""
+    text = repr(value)
+    if 80 < len(text) < PRETTY_CHARS and type(value) in (dict, list, tuple, set, frozenset):
+        import pprint  # on first use only
+
+        text = pprint.pformat(value, sort_dicts=False)
+    return text
 
 
 def cut(text, chunk):
@@ -335,7 +351,7 @@ class Kernel:
                         self.namespace["_"] = value
                         self.flush()
                         self.publish("execute_result", {"execution_count": self.count, "metadata": {},
-                                                        "data": {"text/plain": cut(repr(value), self.chunk)}})
+                                                        "data": {"text/plain": cut(shown_text(value), self.chunk)}})
             finally:
                 self.interrupts.allow(False)
         except BaseException as exc:  # KeyboardInterrupt and SystemExit too: the kernel lives on
@@ -348,6 +364,8 @@ class Kernel:
         while tb is not None and tb.tb_frame.f_code.co_filename == _KERNEL_FILE:
             tb = tb.tb_next
         lines = "".join(traceback.format_exception(type(exc), exc, tb)).splitlines()
+        if isinstance(exc, SyntaxError) and (exc.text or "").lstrip().startswith(("!", "%")):
+            lines.append(NOT_IPYTHON)
         try:
             evalue = str(exc)
         except Exception:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from rlm import Result
 from rlm.testing import fenced
 
@@ -48,3 +50,14 @@ def test_rlm_run_show_prompt_prints_what_the_model_was_told(scripted, tmp_path):
     assert proc.returncode == 0, proc.stderr
     shown = proc.stderr.split("--- system prompt ---\n", 1)[1].split("\n---\n", 1)[0]
     assert shown == server.root_requests[0]["messages"][0]["content"]  # exactly what the model got
+
+
+@pytest.mark.parametrize(("option", "ipython"), [([], "False"), (["--kernel", "lean"], "False"),
+                                                 (["--kernel", "ipykernel"], "True")])
+def test_rlm_run_kernel_picks_the_sandboxs_kernel(scripted, option, ipython):
+    """The lean kernel by default; `--kernel ipykernel` for IPython's magics and display."""
+    server = scripted([fenced("import sys\nanswer.update(content=str('IPython' in sys.modules), ready=True)")])
+    proc = subprocess.run([sys.executable, "-m", "rlm.cli", "run", "Q?", "--model", "m",
+                           "--base-url", server.base_url, *option], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ipython

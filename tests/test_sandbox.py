@@ -122,3 +122,17 @@ async def test_a_close_cancelled_on_the_way_still_leaves_nothing_behind(backend,
     assert set(sandbox_processes()) - before_procs == set()
     assert sandbox_processes(b"sleep 298.5") == []
     assert set(sandbox_dirs()) - before_dirs == set()
+
+
+async def test_a_long_container_is_shown_over_lines(box):
+    result = await box.execute("{f'key{i}': list(range(5)) for i in range(8)}")
+    lines = result.stdout.splitlines()
+    assert len(lines) == 8 and lines[0] == "{'key0': [0, 1, 2, 3, 4]," and lines[-1] == " 'key7': [0, 1, 2, 3, 4]}"
+
+
+async def test_a_shell_line_runs_or_says_why_not(box, kernel):
+    result = await box.execute("!echo hi")
+    if kernel == "ipykernel":
+        assert result.stdout.strip() == "hi"  # through a pty: "hi\r\n"
+    else:  # plain Python: the error says what this kernel does not do
+        assert result.error_name == "SyntaxError" and "`!` shell commands" in result.error
