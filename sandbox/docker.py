@@ -163,15 +163,16 @@ class DockerProvisioner(Provisioner):
     def alive(self) -> bool:
         """Whether the container runs; an engine that stops answering is `SandboxUnavailable`,
         not a dead kernel."""
-        if self._container is None:
+        container = self._container  # once: kill() may clear it from a worker thread
+        if container is None:
             return False
         try:
-            self._container.reload()
+            container.reload()
         except docker.errors.NotFound:
             return False
         except (docker.errors.DockerException, requests.RequestException) as exc:
             raise SandboxUnavailable(f"the Docker engine failed while checking the kernel's container: {exc}") from exc
-        return self._container.status in ("created", "running")
+        return container.status in ("created", "running")
 
     def kill(self) -> None:
         if self._container is not None:

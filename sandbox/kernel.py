@@ -588,14 +588,14 @@ class KernelSandbox(Sandbox):
 
     async def _stop_kernel(self) -> None:
         # Teardown often runs while its task is being cancelled (a caller's timeout, Ctrl-C):
-        # the kill and the removal are synchronous and in `finally`, so a cancellation that
-        # lands on the one await cannot leave the kernel or its files behind.
+        # the kill runs to its end and the removal follows it in `finally`, so no cancellation
+        # can leave the kernel or its files behind.
         session, self._session = self._session, None
         try:
             if session is not None:
                 await session.close()
         finally:
-            self.provisioner.kill()
+            await _to_the_end(self.provisioner.kill)
             if self._ipc_fd is not None:
                 os.close(self._ipc_fd)
                 self._ipc_fd = None
@@ -617,6 +617,25 @@ class KernelSandbox(Sandbox):
                 if self._admitted:
                     self._admitted = False
                     admission.alive.release()
+
+
+async def _to_the_end(function: Callable[[], None]) -> None:
+    """`function()` on a worker thread, awaited to its end even when the caller is cancelled
+    meanwhile (that cancellation is raised afterwards). A kill waits for the kernel to die, some
+    10-20 ms locally and a round trip to the engine for Docker: not on the event loop's thread,
+    where every other run would wait too."""
+    done = asyncio.ensure_future(asyncio.to_thread(function))
+    cancelled: asyncio.CancelledError | None = None
+    while True:
+        try:
+            await asyncio.shield(done)
+            break
+        except asyncio.CancelledError as exc:
+            if done.done():  # the kill is over: nothing left to wait for
+                raise
+            cancelled = exc
+    if cancelled is not None:
+        raise cancelled
 
 
 #: `python -m ipykernel_launcher` without importing debugpy, about a third of a kernel's import

@@ -348,7 +348,8 @@ class LocalProvisioner(Provisioner):
         return self._tail.text()[-2000:] if self._tail is not None else ""
 
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        proc = self._proc  # once: kill() may clear it from a worker thread
+        return proc is not None and proc.poll() is None
 
     def kill(self) -> None:
         if self._proc is not None:
