@@ -60,9 +60,11 @@ class Ours(Adapter):
     def start(self) -> Any:
         from sandbox import create_sandbox
 
+        # A sandbox's channels belong to the event loop it started on: one loop per REPL.
+        loop = asyncio.new_event_loop()
         box = create_sandbox(self.kind)
-        asyncio.run(self._started(box))
-        return box
+        loop.run_until_complete(self._started(box))
+        return loop, box
 
     @staticmethod
     async def _started(box: Any) -> None:
@@ -70,10 +72,15 @@ class Ours(Adapter):
         await box.execute("x = 1")
 
     def execute(self, repl: Any, code: str) -> None:
-        asyncio.run(repl.execute(code))
+        loop, box = repl
+        loop.run_until_complete(box.execute(code))
 
     def close(self, repl: Any) -> None:
-        asyncio.run(repl.close())
+        loop, box = repl
+        try:
+            loop.run_until_complete(box.close())
+        finally:
+            loop.close()
 
     def run(self, base_url: str, question: str, context: str, turns: int) -> str:
         import rlm
