@@ -62,18 +62,20 @@ async def round_trip(backend: str, runs: int, kernel: Kernel = "ipykernel") -> d
 
 
 async def batch_ratio(latency: float = 0.1) -> dict[str, float]:
-    """Wall time of llm_batch(64 prompts) over llm_batch(1 prompt), same kernel, same server."""
+    """Wall time of llm_batch(64 prompts) over llm_batch(1 prompt), same kernel, same server: the
+    run's first batch of 64 (`cold`: it opens 63 more connections) and its second (`ratio`)."""
     code = (
         "import time\n"
         "t = time.perf_counter(); llm_batch(['one']); one = time.perf_counter() - t\n"
-        "t = time.perf_counter(); llm_batch([str(i) for i in range(64)]); many = time.perf_counter() - t\n"
-        "answer['content'] = f'{one} {many}'; answer['ready'] = True"
+        "t = time.perf_counter(); llm_batch([str(i) for i in range(64)]); cold = time.perf_counter() - t\n"
+        "t = time.perf_counter(); llm_batch([str(i) for i in range(64)]); warm = time.perf_counter() - t\n"
+        "answer['content'] = f'{one} {cold} {warm}'; answer['ready'] = True"
     )
     with ServerProcess([fenced(code)], sub_latency=latency) as server:
         result = await rlm.arun("bench", "data", model="bench", base_url=server.base_url,
                                 max_sub_concurrency=64, max_concurrency=64, max_retries=0)
-    one, many = map(float, result.answer.split())
-    return {"one_call_s": one, "batch64_s": many, "ratio": many / one}
+    one, cold, warm = map(float, result.answer.split())
+    return {"one_call_s": one, "batch64_s": warm, "ratio": warm / one, "cold_batch64_s": cold, "cold_ratio": cold / one}
 
 
 async def controller_overhead(turns: int = 30) -> dict[str, float]:
