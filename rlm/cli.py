@@ -96,8 +96,10 @@ def _parser() -> argparse.ArgumentParser:
     build = sandbox_commands.add_parser("build", help="build the sandbox image (once per recipe)")
     build.add_argument("--method", default="auto", choices=["auto", "debootstrap", "dockerfile"])
     build.add_argument("--force", action="store_true", help="rebuild even if the image exists")
-    sandbox_commands.add_parser("prune", help="remove every leftover rlm container, and the files of "
-                                "sandboxes whose controller died")
+    prune = sandbox_commands.add_parser("prune", help="remove the rlm containers and sandbox files whose "
+                                        "controller died")
+    prune.add_argument("--all", action="store_true", dest="everything",
+                       help="also the containers of controllers still running")
     sandbox.set_defaults(handler=_sandbox)
 
     serve = commands.add_parser("serve", help="run a model server until interrupted")
@@ -212,7 +214,8 @@ def _sandbox(args: argparse.Namespace) -> int:
         tag = build_image(client, args.method, force=args.force)
         print(f"{tag} ready ({time.monotonic() - started:.0f}s)")
     else:
-        print(f"removed {prune(client)} container(s) and {reap_orphans()} orphaned sandbox dir(s) and cgroup(s)")
+        removed = prune(client, everything=args.everything)
+        print(f"removed {removed} container(s) and {reap_orphans()} orphaned sandbox dir(s) and cgroup(s)")
     return 0
 
 
@@ -245,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     except RLMError as exc:  # sandbox errors too: they are registered as RLMError
         stderr.print(f"error: {exc}", markup=False, highlight=False)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the runs' cleanup has run by now (asyncio.run cancels them)
+        stderr.print("interrupted", markup=False, highlight=False)
+        return 130
 
 
 if __name__ == "__main__":

@@ -18,10 +18,15 @@ def controller_gone(name: str) -> bool:
     """Whether `name` ("rlm-<pid>-...", as the backends name what a sandbox leaves on the host)
     belongs to a controller process that no longer runs."""
     pid = name.split("-")[1] if name.count("-") >= 2 else ""
-    if not pid.isdigit() or int(pid) == os.getpid():
+    return pid.isdigit() and process_gone(int(pid))
+
+
+def process_gone(pid: int) -> bool:
+    """Whether no process `pid` runs (this process counts as running)."""
+    if pid == os.getpid():
         return False
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:  # someone else's live process

@@ -24,6 +24,7 @@ from docker.types import LogConfig
 from typing_extensions import Unpack
 
 from .base import SandboxStartError, SandboxUnavailable
+from .cleanup import process_gone
 from .image import build_image
 from .local import SANDBOX_UID, WORKDIR
 from .provisioner import Launch, Provisioner, Resources
@@ -31,6 +32,7 @@ from .provisioner import Launch, Provisioner, Resources
 log = logging.getLogger("rlm.sandbox")
 
 LABEL = "rlm.sandbox"
+CONTROLLER_LABEL = "rlm.controller-pid"
 #: PID 1's child in the container: runs the kernel, and kills everything in the container when
 #: its stdin (attached by the controller, closed by the engine once the controller is gone) ends.
 #: It runs as root with only the capabilities to kill and to drop to the kernel's user, so the
@@ -59,13 +61,20 @@ def docker_client() -> Any:
     return client
 
 
-def prune(client: Any | None = None) -> int:
-    """Remove every container of ours, running or not; returns how many."""
+def prune(client: Any | None = None, *, everything: bool = False) -> int:
+    """Remove the containers of ours whose controller process is gone (with `everything`, also
+    those of controllers still running); returns how many."""
     client = client or docker_client()
-    containers = client.containers.list(all=True, filters={"label": LABEL})
+    containers = [container for container in client.containers.list(all=True, filters={"label": LABEL})
+                  if everything or _controller_gone(container)]
     for container in containers:
         container.remove(force=True)
     return len(containers)
+
+
+def _controller_gone(container: Any) -> bool:
+    pid = container.labels.get(CONTROLLER_LABEL, "")
+    return not pid.isdigit() or process_gone(int(pid))
 
 
 class DockerProvisioner(Provisioner):
@@ -132,7 +141,7 @@ class DockerProvisioner(Provisioner):
                 volumes=volumes, working_dir=self.workdir,
                 environment=launch.environment, log_config=log_config,
                 stdin_open=True,  # with the default detach=False this sets StdinOnce too
-                labels={LABEL: "1", "rlm.controller-pid": str(os.getpid())},
+                labels={LABEL: "1", CONTROLLER_LABEL: str(os.getpid())},
             )
             # Attached before the start, held open for the container's life; when this process
             # dies the engine closes the container's stdin and the watchdog ends it.

@@ -1,5 +1,5 @@
 """A Docker engine socket that lists only the containers carrying one extra label: a test can run
-`rlm sandbox prune` (which removes every rlm container it sees) on the real engine without
+`rlm sandbox prune` (which removes the rlm containers it sees) on the real engine without
 removing the live sandboxes of other test runs that share that engine.
 
 Every request goes to the real engine unchanged, except that container listings get the label

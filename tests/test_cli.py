@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from rlm import Result
 from rlm.testing import fenced
+from tests.conftest import sandbox_dirs, sandbox_processes
 
 
 def test_rlm_run_prints_answer_summary_and_writes_json(scripted, tmp_path):
@@ -61,3 +64,22 @@ def test_rlm_run_kernel_picks_the_sandboxs_kernel(scripted, option, ipython):
                            "--base-url", server.base_url, *option], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ipython
+
+
+def test_ctrl_c_ends_rlm_run_with_one_line_and_no_sandbox_left(scripted):
+    server = scripted([fenced("import time; time.sleep(600)")])
+    run = subprocess.Popen([sys.executable, "-m", "rlm.cli", "run", "Q?", "--model", "m", "--base-url", server.base_url],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not server.root_requests or not sandbox_processes(f"rlm-{run.pid}-".encode()):
+            assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+            time.sleep(0.05)
+        time.sleep(0.5)  # the cell is running
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 130 and stderr.strip() == "interrupted", stderr
+    assert sandbox_processes(f"rlm-{run.pid}-".encode()) == []
+    assert not any(name.startswith(f"rlm-{run.pid}-") for name in sandbox_dirs())

@@ -100,24 +100,38 @@ def test_sandbox_build_is_a_no_op_when_the_recipes_image_exists():
     assert {image.id for image in client.images.list(name="rlm-sandbox")} == images_before
 
 
-def test_sandbox_prune_removes_a_leftover_rlm_container():
+def test_sandbox_prune_removes_leftovers_and_keeps_live_controllers_sandboxes():
+    """A container whose controller died (or that names none) is a leftover; one of a controller
+    still running is its live sandbox, removed only by `prune --all`."""
     import docker
 
     client = docker.from_env()
     image = client.images.list(name="rlm-sandbox")[0]
     view_label = f"rlm.test-prune={uuid.uuid4().hex}"
     key, value = view_label.split("=")
-    leftover = client.containers.run(image.id, ["sleep", "600"], detach=True, network_mode="none",
-                                     labels={RLM_LABEL: "1", key: value})
+    dead_pid = subprocess.Popen(["true"])
+    dead_pid.wait()
+
+    def container(**labels: str):
+        return client.containers.run(image.id, ["sleep", "600"], detach=True, network_mode="none",
+                                     labels={RLM_LABEL: "1", key: value, **labels})
+
+    unnamed, orphan = container(), container(**{"rlm.controller-pid": str(dead_pid.pid)})
+    live = container(**{"rlm.controller-pid": str(os.getpid())})  # this test process: alive
     try:
         with LabelledEngineView(view_label) as view:
             through_view = docker.DockerClient(base_url=view.docker_host)
             seen = through_view.containers.list(all=True, filters={"label": RLM_LABEL})
-            assert [c.id for c in seen] == [leftover.id]  # prune will see ours only, no other run's
-            pruned = rlm_cli("sandbox", "prune", env={**os.environ, "DOCKER_HOST": view.docker_host})
-        assert pruned.returncode == 0, pruned.stderr
-        assert pruned.stdout.startswith("removed 1 container(s)")
+            assert len(seen) == 3  # prune will see ours only, no other run's
+            env = {**os.environ, "DOCKER_HOST": view.docker_host}
+            pruned = rlm_cli("sandbox", "prune", env=env)
+            assert pruned.returncode == 0, pruned.stderr
+            assert pruned.stdout.startswith("removed 2 container(s)")
+            left = client.containers.list(all=True, filters={"label": view_label})
+            assert [c.id for c in left] == [live.id] and {unnamed.id, orphan.id}.isdisjoint(c.id for c in left)
+            everything = rlm_cli("sandbox", "prune", "--all", env=env)
+        assert everything.returncode == 0 and everything.stdout.startswith("removed 1 container(s)")
         assert client.containers.list(all=True, filters={"label": view_label}) == []
     finally:
-        for container in client.containers.list(all=True, filters={"label": view_label}):
-            container.remove(force=True)
+        for leftover in client.containers.list(all=True, filters={"label": view_label}):
+            leftover.remove(force=True)
